@@ -1,0 +1,33 @@
+// Command dockward is a deploy guard for Docker hosts: it watches a registry,
+// deploys new digests with docker compose, proves them healthy, and rolls
+// back and blocks the ones that are not.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		// A second signal during a graceful stop exits at once.
+		<-ctx.Done()
+		stop()
+		again := make(chan os.Signal, 1)
+		signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+		<-again
+		fmt.Fprintln(os.Stderr, "dockward: second signal, exiting now")
+		os.Exit(1)
+	}()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "dockward:", err)
+		os.Exit(1)
+	}
+}

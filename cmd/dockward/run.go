@@ -1,0 +1,197 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/dockward/dockward/internal/compose"
+	"github.com/dockward/dockward/internal/config"
+	"github.com/dockward/dockward/internal/docker"
+	"github.com/dockward/dockward/internal/notify"
+	"github.com/dockward/dockward/internal/registry"
+	"github.com/dockward/dockward/internal/state"
+	"github.com/dockward/dockward/internal/watcher"
+)
+
+// errUsage is returned after flag has already printed the problem.
+var errUsage = errors.New("usage error")
+
+// run is the whole program; main only turns its error into an exit code.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "check" {
+		return runCheck(args[1:], stdout, stderr)
+	}
+	fs := flag.NewFlagSet("dockward", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", config.DefaultPath, "path of the JSON config file")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: dockward [-config PATH]      run the daemon\n       dockward check [-config PATH] validate a config and exit\n       dockward -version\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "dockward", version)
+		return nil
+	}
+	cfg, err := config.Load(*configPath)
+	if err != nil {
+		return err
+	}
+	return serve(ctx, cfg, *configPath, getenv, stderr)
+}
+
+// runCheck validates a config without touching Docker: `dockward check
+// -config PATH` exits 0 when the file is valid. Ansible's validate: uses it.
+func runCheck(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("dockward check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", config.DefaultPath, "path of the JSON config file")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		// Accept `dockward check FILE` too.
+		*configPath = fs.Arg(0)
+	}
+	cfg, err := loadFull(*configPath)
+	if err != nil {
+		return err
+	}
+	for _, s := range cfg.Services {
+		if _, err := os.Stat(s.ComposeFile); err != nil {
+			fmt.Fprintf(stdout, "warning: service %s: compose file %s: %v\n", s.Name, s.ComposeFile, errors.Unwrap(err))
+		}
+	}
+	fmt.Fprintf(stdout, "%s: config OK (%d services)\n", *configPath, len(cfg.Services))
+	return nil
+}
+
+// loadFull loads a config and also checks what other packages parse from it
+// (image references, webhook templates), so `check` catches all of it.
+func loadFull(path string) (*config.Config, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := notify.New(cfg.Notifications, slog.New(slog.DiscardHandler)); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+func newLogger(level string, w io.Writer) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level)) // validated by config
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+// serve wires the parts together and runs them until ctx is done.
+func serve(ctx context.Context, cfg *config.Config, configPath string, getenv func(string) string, stderr io.Writer) error {
+	started := time.Now()
+	logger := newLogger(cfg.LogLevel, stderr)
+
+	store, err := state.Open(cfg.StatePath(getenv))
+	if err != nil {
+		return err
+	}
+	engine := docker.New(cfg.Docker.Socket, logger)
+	if v, err := engine.Version(ctx); err != nil {
+		logger.Warn("docker engine not reachable yet; will retry on every poll", "socket", cfg.Docker.Socket, "err", err)
+	} else {
+		logger.Info("docker engine reachable", "socket", cfg.Docker.Socket, "api_version", v)
+	}
+	reg, err := registry.New(cfg.Registry.URL, registry.WithTimeout(cfg.Registry.Timeout.Duration()))
+	if err != nil {
+		return err
+	}
+	runner, err := compose.New(ctx, cfg.Docker.ComposeCommand, logger, cfg.Docker.ComposeTimeout.Duration())
+	if err != nil {
+		return err
+	}
+	dispatcher, err := notify.New(cfg.Notifications, logger)
+	if err != nil {
+		return err
+	}
+	metrics := watcher.NewMetrics(version, started)
+	metrics.SetNotifyFailures(dispatcher.Failures)
+	updater, err := watcher.NewUpdater(cfg, watcher.UpdaterDeps{
+		Logger: logger, Engine: engine, Registry: reg, Compose: runner,
+		Notify: dispatcher, Store: store, Metrics: metrics,
+	})
+	if err != nil {
+		return err
+	}
+
+	// Bind before anything runs so a taken port is an error at start.
+	addr := net.JoinHostPort("127.0.0.1", string(cfg.API.Port))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("api listen: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           watcher.NewAPI(updater, metrics, logger, version),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	logger.Info("dockward started", "version", version, "config", configPath, "state", store.Path(),
+		"api", ln.Addr().String(), "compose", runner.Version(), "services", len(cfg.Services))
+
+	// Notifications outlive the other parts so that alerts about the stop
+	// itself are flushed.
+	notifyCtx, stopNotify := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopNotify()
+	var notifyWG sync.WaitGroup
+	notifyWG.Add(1)
+	go func() {
+		defer notifyWG.Done()
+		dispatcher.Run(notifyCtx)
+	}()
+	dispatcher.Send(notify.Alert{Event: notify.Started, Level: notify.Info, Message: "dockward " + version + " started"})
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		updater.Run(ctx)
+	}()
+
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		logger.Error("api server stopped", "err", err)
+	}
+	logger.Info("stopping: no new deploys; waiting for deploys in flight")
+	wg.Wait()
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(shutdownCtx)
+	dispatcher.Send(notify.Alert{Event: notify.Stopping, Level: notify.Info, Message: "dockward stopping"})
+	stopNotify()
+	notifyWG.Wait()
+	logger.Info("stopped")
+	return nil
+}

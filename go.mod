@@ -1,0 +1,3 @@
+module github.com/dockward/dockward
+
+go 1.26

@@ -1,0 +1,323 @@
+// Package compose runs docker compose (the v2 plugin or docker-compose v1)
+// to pull and start the services of a project.
+package compose
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+const (
+	// waitDelay is how long a compose process has to exit after SIGTERM
+	// before it is killed and its output pipes closed.
+	waitDelay = 10 * time.Second
+	// maxOutput bounds the output kept from one run (its last bytes).
+	maxOutput = 64 << 10
+	// maxErrorOutput bounds the output tail put in an error.
+	maxErrorOutput = 2 << 10
+)
+
+// Runner runs one docker compose command. It is safe for concurrent use.
+type Runner struct {
+	command []string // such as ["docker", "compose"] or ["docker-compose"]
+	v2      bool
+	version string // as the command reports it, such as "v2.20.2" or "1.29.2"
+	logger  *slog.Logger
+	timeout time.Duration
+}
+
+// UpOptions adjust Up.
+type UpOptions struct {
+	// NoPull keeps compose from pulling: "--pull never" for v2. v1's up
+	// never pulls an image that is present, as it is for a rollback.
+	NoPull bool
+	// Services limits up to these services; all of them when empty.
+	Services []string
+}
+
+// New returns a Runner for command, such as ["docker", "compose"] or
+// ["/usr/bin/docker-compose"]. With no command it looks for
+// "docker compose" (the v2 plugin), then for docker-compose (v1) in PATH.
+// Either way it runs "<command> version" to learn which compose it has.
+// timeout bounds each run.
+func New(ctx context.Context, command []string, logger *slog.Logger, timeout time.Duration) (*Runner, error) {
+	if timeout <= 0 {
+		return nil, fmt.Errorf("compose timeout %v: must be positive", timeout)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	r := &Runner{logger: logger, timeout: timeout}
+	if len(command) > 0 {
+		if command[0] == "" {
+			return nil, fmt.Errorf("compose command %q: empty program name", command)
+		}
+		v2, version, err := probe(ctx, command, timeout)
+		if err != nil {
+			return nil, fmt.Errorf("compose command %q: %w", strings.Join(command, " "), err)
+		}
+		r.command, r.v2, r.version = slices.Clone(command), v2, version
+		return r, nil
+	}
+	var errs []string
+	for _, cand := range [][]string{{"docker", "compose"}, {"docker-compose"}} {
+		if _, err := exec.LookPath(cand[0]); err != nil {
+			errs = append(errs, fmt.Sprintf("%s: not in PATH", cand[0]))
+			continue
+		}
+		v2, version, err := probe(ctx, cand, timeout)
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("%s: %v", strings.Join(cand, " "), err))
+			continue
+		}
+		r.command, r.v2, r.version = cand, v2, version
+		return r, nil
+	}
+	return nil, fmt.Errorf("no docker compose found: install the docker compose v2 plugin or docker-compose v1 (%s)", strings.Join(errs, "; "))
+}
+
+// probe runs "<command> version" and parses the version it prints, such as
+// "Docker Compose version v2.20.2" or "docker-compose version 1.29.2, build 5becea4c".
+func probe(ctx context.Context, command []string, timeout time.Duration) (v2 bool, version string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	args := append(slices.Clone(command[1:]), "version")
+	cmd := exec.CommandContext(ctx, command[0], args...)
+	setProcessGroup(cmd)
+	cmd.WaitDelay = waitDelay
+	var out tailBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return false, "", fmt.Errorf("version: %w%s", err, errorTail(out.Bytes()))
+	}
+	version, major, ok := parseVersion(out.String())
+	if !ok {
+		return false, "", fmt.Errorf("version: no version number in %q", truncate(out.String(), 200))
+	}
+	return major >= 2, version, nil
+}
+
+// parseVersion finds the version number in the first line of compose's
+// version output: the word after "version", such as "v2.20.2" or "1.29.2,".
+func parseVersion(out string) (version string, major int, ok bool) {
+	line, _, _ := strings.Cut(strings.TrimSpace(out), "\n")
+	fields := strings.Fields(line)
+	for i := 0; i+1 < len(fields); i++ {
+		if !strings.EqualFold(fields[i], "version") {
+			continue
+		}
+		v := strings.TrimRight(fields[i+1], ",")
+		digits := strings.TrimPrefix(v, "v")
+		n := 0
+		for n < len(digits) && '0' <= digits[n] && digits[n] <= '9' {
+			major = major*10 + int(digits[n]-'0')
+			n++
+			if n > 4 {
+				return "", 0, false
+			}
+		}
+		if n == 0 || n < len(digits) && digits[n] != '.' {
+			return "", 0, false
+		}
+		return v, major, true
+	}
+	return "", 0, false
+}
+
+// Version describes the compose in use, such as "docker compose v2.20.2" or
+// "docker-compose 1.29.2".
+func (r *Runner) Version() string { return strings.Join(r.command, " ") + " " + r.version }
+
+// Pull runs "<compose> -f file -p project pull".
+func (r *Runner) Pull(ctx context.Context, file, project string) error {
+	return r.run(ctx, "pull", file, project, "pull")
+}
+
+// Up runs "<compose> -f file -p project up -d --remove-orphans", with
+// "--pull never" when opts.NoPull is set (v2 only) and opts.Services last.
+func (r *Runner) Up(ctx context.Context, file, project string, opts UpOptions) error {
+	args := []string{"up", "-d", "--remove-orphans"}
+	if opts.NoPull && r.v2 {
+		args = append(args, "--pull", "never")
+	}
+	for _, s := range opts.Services {
+		if !validServiceName(s) {
+			return fmt.Errorf("compose up (project %s): invalid service name %q", project, s)
+		}
+	}
+	args = append(args, opts.Services...)
+	return r.run(ctx, "up", file, project, args...)
+}
+
+// run runs compose with -f file -p project and args, in the file's
+// directory, bounded by the runner's timeout.
+func (r *Runner) run(ctx context.Context, op, file, project string, args ...string) error {
+	if !validProjectName(project) {
+		return fmt.Errorf("compose %s (project %s): invalid project name: use lowercase letters, digits, '-' and '_', starting with a letter or digit", op, project)
+	}
+	if file == "" {
+		return fmt.Errorf("compose %s (project %s): no compose file", op, project)
+	}
+	file, err := filepath.Abs(file)
+	if err != nil {
+		return fmt.Errorf("compose %s (project %s): %w", op, project, err)
+	}
+	full := append(slices.Clone(r.command[1:]), "-f", file, "-p", project)
+	full = append(full, args...)
+
+	runCtx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	cmd := exec.CommandContext(runCtx, r.command[0], full...)
+	cmd.Dir = filepath.Dir(file)
+	// Env stays nil: the child inherits os.Environ(), with PWD set to Dir.
+	setProcessGroup(cmd)
+	cmd.WaitDelay = waitDelay
+	var out tailBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+
+	log := r.logger.With("op", op, "project", project)
+	log.DebugContext(ctx, "running compose", "argv", append([]string{r.command[0]}, full...), "dir", cmd.Dir)
+	start := time.Now()
+	err = cmd.Run()
+	if log.Enabled(ctx, slog.LevelDebug) {
+		if out.Dropped() > 0 {
+			log.DebugContext(ctx, "compose output truncated", "dropped_bytes", out.Dropped())
+		}
+		for line := range strings.Lines(out.String()) {
+			log.DebugContext(ctx, "compose output", "line", strings.TrimRight(line, "\r\n"))
+		}
+	}
+	if err == nil {
+		log.DebugContext(ctx, "compose done", "duration", time.Since(start))
+		return nil
+	}
+	switch {
+	case ctx.Err() != nil:
+		err = fmt.Errorf("%w (%v)", context.Cause(ctx), err)
+	case errors.Is(runCtx.Err(), context.DeadlineExceeded):
+		err = fmt.Errorf("timed out after %v (%v): %w", r.timeout, err, context.DeadlineExceeded)
+	}
+	return fmt.Errorf("compose %s (project %s): %w%s", op, project, err, errorTail(out.Bytes()))
+}
+
+// validProjectName reports whether name is a project name every compose
+// version accepts as is.
+func validProjectName(name string) bool {
+	if name == "" || !isLowerAlnum(name[0]) {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; !isLowerAlnum(c) && c != '-' && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
+// validServiceName reports whether name is a compose service name that
+// cannot be mistaken for a flag.
+func validServiceName(name string) bool {
+	if name == "" || name[0] == '-' || name[0] == '.' {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !isLowerAlnum(c) && !('A' <= c && c <= 'Z') && c != '-' && c != '_' && c != '.' {
+			return false
+		}
+	}
+	return true
+}
+
+func isLowerAlnum(c byte) bool { return 'a' <= c && c <= 'z' || '0' <= c && c <= '9' }
+
+// setProcessGroup starts cmd in its own process group and has cancellation
+// send SIGTERM to the whole group, so that children (the compose plugin
+// under docker, or a shell's children) stop too. WaitDelay then kills.
+func setProcessGroup(cmd *exec.Cmd) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error {
+		err := syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		if errors.Is(err, syscall.ESRCH) {
+			return os.ErrProcessDone
+		}
+		return err
+	}
+}
+
+// errorTail formats the end of a run's output for an error: ": " and at
+// most maxErrorOutput bytes, starting at a line when it is cut.
+func errorTail(out []byte) string {
+	out = bytes.TrimSpace(out)
+	if len(out) == 0 {
+		return ""
+	}
+	if len(out) > maxErrorOutput {
+		out = out[len(out)-maxErrorOutput:]
+		if i := bytes.IndexByte(out, '\n'); i >= 0 && i < len(out)-1 {
+			out = out[i+1:]
+		}
+		return ": ..." + string(out)
+	}
+	return ": " + string(out)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// tailBuffer keeps the last maxOutput bytes written to it.
+type tailBuffer struct {
+	mu      sync.Mutex
+	buf     []byte
+	dropped int
+}
+
+func (b *tailBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf = append(b.buf, p...)
+	// Compact only past twice the limit, so each byte is copied O(1) times.
+	if len(b.buf) > 2*maxOutput {
+		drop := len(b.buf) - maxOutput
+		b.dropped += drop
+		b.buf = append(b.buf[:0], b.buf[drop:]...)
+	}
+	return len(p), nil
+}
+
+// Bytes returns the last maxOutput bytes written.
+func (b *tailBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.buf) > maxOutput {
+		return bytes.Clone(b.buf[len(b.buf)-maxOutput:])
+	}
+	return bytes.Clone(b.buf)
+}
+
+func (b *tailBuffer) String() string { return string(b.Bytes()) }
+
+// Dropped returns how many bytes were written but are no longer kept.
+func (b *tailBuffer) Dropped() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.buf) > maxOutput {
+		return b.dropped + len(b.buf) - maxOutput
+	}
+	return b.dropped
+}

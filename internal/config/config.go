@@ -1,0 +1,500 @@
+// Package config loads and validates Dockward's JSON configuration.
+//
+// The field names are a contract with users' existing config files; new
+// fields are additions with defaults, never renames.
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dockward/dockward/internal/registry"
+)
+
+// DefaultPath is where the daemon looks for its config when -config is not given.
+const DefaultPath = "/etc/dockward/config.json"
+
+// Config is the whole configuration file.
+type Config struct {
+	Registry      Registry      `json:"registry"`
+	API           API           `json:"api"`
+	Docker        Docker        `json:"docker"`
+	StateFile     string        `json:"state_file,omitempty"`
+	LogLevel      string        `json:"log_level,omitempty"`
+	Notifications Notifications `json:"notifications"`
+	Services      []Service     `json:"services"`
+}
+
+// Registry is the Registry v2 endpoint that CI pushes to.
+type Registry struct {
+	URL          string  `json:"url"`
+	PollInterval Seconds `json:"poll_interval"`
+	Timeout      Seconds `json:"timeout"`
+}
+
+// API is the local HTTP API. It always binds to 127.0.0.1.
+type API struct {
+	Port Port `json:"port"`
+}
+
+// Docker says how to reach the engine and how to run compose.
+type Docker struct {
+	Socket string `json:"socket"`
+	// ComposeCommand overrides detection, e.g. ["docker", "compose"] or
+	// ["/usr/bin/docker-compose"]. Empty means: v2 plugin if present, else v1.
+	ComposeCommand []string `json:"compose_command,omitempty"`
+	ComposeTimeout Seconds  `json:"compose_timeout"`
+	StopTimeout    Seconds  `json:"stop_timeout"`
+}
+
+// Service is one docker compose project that Dockward guards.
+type Service struct {
+	Name               string  `json:"name"`
+	Image              string  `json:"image"`
+	ComposeFile        string  `json:"compose_file"`
+	ComposeProject     string  `json:"compose_project"`
+	AutoUpdate         bool    `json:"auto_update"`
+	AutoHeal           bool    `json:"auto_heal"`
+	HealthGrace        Seconds `json:"health_grace"`
+	HealCooldown       Seconds `json:"heal_cooldown"`
+	HealthPollInterval Seconds `json:"health_poll_interval"`
+	HealVerifyDelay    Seconds `json:"heal_verify_delay"`
+	HealMaxRestarts    int     `json:"heal_max_restarts"`
+}
+
+// Notifications lists where alerts go. Every channel is optional.
+type Notifications struct {
+	Discord  *Discord  `json:"discord,omitempty"`
+	SMTP     *SMTP     `json:"smtp,omitempty"`
+	Webhooks []Webhook `json:"webhooks,omitempty"`
+}
+
+// Discord is a channel webhook.
+type Discord struct {
+	WebhookURL string `json:"webhook_url"`
+	Username   string `json:"username,omitempty"`
+	MinLevel   string `json:"min_level,omitempty"`
+}
+
+// SMTP sends alerts by mail.
+type SMTP struct {
+	Host     string     `json:"host"`
+	Port     int        `json:"port"`
+	From     string     `json:"from"`
+	To       StringList `json:"to"`
+	Username string     `json:"username,omitempty"`
+	Password string     `json:"password,omitempty"`
+	// TLS is "starttls", "implicit" or "none". Empty means implicit on port
+	// 465 and starttls elsewhere.
+	TLS      string `json:"tls,omitempty"`
+	MinLevel string `json:"min_level,omitempty"`
+}
+
+// Webhook is a custom HTTP receiver whose body is a Go text/template.
+type Webhook struct {
+	Name     string            `json:"name"`
+	URL      string            `json:"url"`
+	Method   string            `json:"method,omitempty"`
+	Headers  map[string]string `json:"headers,omitempty"`
+	Body     string            `json:"body,omitempty"`
+	MinLevel string            `json:"min_level,omitempty"`
+}
+
+// Levels that notification channels can filter on, lowest first.
+var levels = []string{"info", "warning", "critical"}
+
+// Seconds is a duration written in the config as a number of seconds;
+// fractions are allowed (0.5).
+type Seconds float64
+
+// Duration converts s to a time.Duration.
+func (s Seconds) Duration() time.Duration { return time.Duration(float64(s) * float64(time.Second)) }
+
+// Port is a TCP port, written either as "9090" (as in the original design)
+// or as 9090.
+type Port string
+
+// UnmarshalJSON accepts a JSON string or number.
+func (p *Port) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		*p = Port(s)
+		return nil
+	}
+	var n json.Number
+	if err := json.Unmarshal(b, &n); err != nil {
+		return fmt.Errorf("port must be a string or a number")
+	}
+	*p = Port(n.String())
+	return nil
+}
+
+// StringList accepts a single string or a list of strings.
+type StringList []string
+
+// UnmarshalJSON accepts "a@b" or ["a@b", "c@d"].
+func (l *StringList) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		*l = StringList{s}
+		return nil
+	}
+	var list []string
+	if err := json.Unmarshal(b, &list); err != nil {
+		return fmt.Errorf("must be a string or a list of strings")
+	}
+	*l = list
+	return nil
+}
+
+// UnmarshalJSON fills in the defaults before decoding so that a field that is
+// absent gets its default while an explicit 0 is kept (and rejected).
+func (s *Service) UnmarshalJSON(b []byte) error {
+	type plain Service
+	p := plain(defaultService())
+	if err := decodeStrict(b, &p); err != nil {
+		return err
+	}
+	*s = Service(p)
+	return nil
+}
+
+func defaultService() Service {
+	return Service{
+		HealthGrace:        60,
+		HealCooldown:       300,
+		HealthPollInterval: 5,
+		HealVerifyDelay:    30,
+		HealMaxRestarts:    3,
+	}
+}
+
+// Default returns the configuration used for every field the file leaves out.
+func Default() Config {
+	return Config{
+		Registry: Registry{URL: "http://localhost:5000", PollInterval: 300, Timeout: 10},
+		API:      API{Port: "9090"},
+		Docker:   Docker{Socket: "/var/run/docker.sock", ComposeTimeout: 300, StopTimeout: 10},
+		LogLevel: "info",
+	}
+}
+
+// Load reads, decodes and validates the file at path.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	cfg, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes and validates a config document.
+func Parse(b []byte) (*Config, error) {
+	cfg := Default()
+	if err := decodeStrict(b, &cfg); err != nil {
+		return nil, describeDecodeError(b, err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+func decodeStrict(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("unexpected data after the top-level object")
+	}
+	return nil
+}
+
+// describeDecodeError adds a line and column to JSON errors that carry an offset.
+func describeDecodeError(b []byte, err error) error {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		line, col := position(b, syn.Offset)
+		return fmt.Errorf("line %d, column %d: %w", line, col, err)
+	case errors.As(err, &typ):
+		line, col := position(b, typ.Offset)
+		field := typ.Field
+		if field == "" {
+			field = "value"
+		}
+		return fmt.Errorf("line %d, column %d: %s: must be %s, not %s", line, col, field, typ.Type, typ.Value)
+	}
+	return err
+}
+
+func position(b []byte, offset int64) (line, col int) {
+	if offset > int64(len(b)) {
+		offset = int64(len(b))
+	}
+	before := b[:offset]
+	line = bytes.Count(before, []byte("\n")) + 1
+	col = int(offset) - bytes.LastIndexByte(before, '\n')
+	return line, col
+}
+
+// ValidationError lists every problem found in a config, each naming its field.
+type ValidationError struct {
+	Problems []string
+}
+
+func (e *ValidationError) Error() string {
+	return "invalid config:\n  " + strings.Join(e.Problems, "\n  ")
+}
+
+var (
+	// Service names appear in URL paths (/trigger/<name>) and metric labels.
+	serviceNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+	// Compose's own rule for project names.
+	composeProjectRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
+)
+
+// Validate checks every field and reports all problems at once.
+func (c *Config) Validate() error {
+	var p problems
+	registryHost := "" // set when registry.url is valid, to check images against
+
+	u, err := url.Parse(c.Registry.URL)
+	switch {
+	case c.Registry.URL == "":
+		p.add("registry.url", "is required")
+	case err != nil:
+		p.add("registry.url", "is not a URL: %v", err)
+	case u.Scheme != "http" && u.Scheme != "https":
+		p.add("registry.url", "must start with http:// or https://, got %q", c.Registry.URL)
+	case u.Host == "":
+		p.add("registry.url", "must include a host, got %q", c.Registry.URL)
+	case u.Path != "" && u.Path != "/":
+		p.add("registry.url", "must not have a path (Dockward adds /v2/), got %q", u.Path)
+	default:
+		registryHost = u.Host
+	}
+	p.positive("registry.poll_interval", c.Registry.PollInterval)
+	p.positive("registry.timeout", c.Registry.Timeout)
+
+	if port, err := strconv.Atoi(string(c.API.Port)); err != nil || port < 1 || port > 65535 {
+		p.add("api.port", "must be a port number from 1 to 65535, got %q", c.API.Port)
+	}
+
+	if c.Docker.Socket == "" || !filepath.IsAbs(c.Docker.Socket) {
+		p.add("docker.socket", "must be an absolute path, got %q", c.Docker.Socket)
+	}
+	if len(c.Docker.ComposeCommand) > 0 && c.Docker.ComposeCommand[0] == "" {
+		p.add("docker.compose_command[0]", "must name a program")
+	}
+	p.positive("docker.compose_timeout", c.Docker.ComposeTimeout)
+	p.positive("docker.stop_timeout", c.Docker.StopTimeout)
+
+	if c.StateFile != "" && !filepath.IsAbs(c.StateFile) {
+		p.add("state_file", "must be an absolute path, got %q", c.StateFile)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		p.add("log_level", "must be one of debug, info, warn, error; got %q", c.LogLevel)
+	}
+
+	c.Notifications.validate(&p)
+
+	if len(c.Services) == 0 {
+		p.add("services", "must list at least one service")
+	}
+	names := map[string]int{}
+	projects := map[string]int{}
+	for i, s := range c.Services {
+		f := func(name string) string { return fmt.Sprintf("services[%d].%s", i, name) }
+		switch {
+		case s.Name == "":
+			p.add(f("name"), "is required")
+		case !serviceNameRE.MatchString(s.Name):
+			p.add(f("name"), "%q must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit (it is used in URL paths)", s.Name)
+		default:
+			if j, dup := names[s.Name]; dup {
+				p.add(f("name"), "%q is already used by services[%d]", s.Name, j)
+			} else {
+				names[s.Name] = i
+			}
+		}
+		switch {
+		case s.Image == "" && s.AutoUpdate:
+			p.add(f("image"), "is required when auto_update is true")
+		case s.Image != "" && registryHost != "":
+			if _, err := registry.ParseRef(s.Image, registryHost); err != nil {
+				p.add(f("image"), "%v", err)
+			}
+		}
+		switch {
+		case s.ComposeFile == "":
+			p.add(f("compose_file"), "is required")
+		case !filepath.IsAbs(s.ComposeFile):
+			p.add(f("compose_file"), "must be an absolute path, got %q", s.ComposeFile)
+		}
+		switch {
+		case s.ComposeProject == "":
+			p.add(f("compose_project"), "is required")
+		case !composeProjectRE.MatchString(s.ComposeProject):
+			p.add(f("compose_project"), "%q must be lowercase letters, digits, '_' or '-', starting with a letter or digit", s.ComposeProject)
+		default:
+			if j, dup := projects[s.ComposeProject]; dup {
+				p.add(f("compose_project"), "%q is already used by services[%d]", s.ComposeProject, j)
+			} else {
+				projects[s.ComposeProject] = i
+			}
+		}
+		p.positive(f("health_grace"), s.HealthGrace)
+		p.positive(f("health_poll_interval"), s.HealthPollInterval)
+		p.positive(f("heal_verify_delay"), s.HealVerifyDelay)
+		if s.HealCooldown < 0 || math.IsNaN(float64(s.HealCooldown)) {
+			p.add(f("heal_cooldown"), "must not be negative, got %v", float64(s.HealCooldown))
+		}
+		if s.HealMaxRestarts < 1 {
+			p.add(f("heal_max_restarts"), "must be at least 1, got %d", s.HealMaxRestarts)
+		}
+	}
+	return p.err()
+}
+
+func (n *Notifications) validate(p *problems) {
+	if d := n.Discord; d != nil {
+		p.httpURL("notifications.discord.webhook_url", d.WebhookURL)
+		p.level("notifications.discord.min_level", d.MinLevel)
+	}
+	if s := n.SMTP; s != nil {
+		const f = "notifications.smtp."
+		if s.Host == "" {
+			p.add(f+"host", "is required")
+		}
+		if s.Port < 1 || s.Port > 65535 {
+			p.add(f+"port", "must be a port number from 1 to 65535, got %d", s.Port)
+		}
+		if !strings.Contains(s.From, "@") {
+			p.add(f+"from", "must be an email address, got %q", s.From)
+		}
+		if len(s.To) == 0 {
+			p.add(f+"to", "must list at least one recipient")
+		}
+		for i, to := range s.To {
+			if !strings.Contains(to, "@") {
+				p.add(fmt.Sprintf("%sto[%d]", f, i), "must be an email address, got %q", to)
+			}
+		}
+		switch s.TLS {
+		case "", "starttls", "implicit", "none":
+		default:
+			p.add(f+"tls", "must be starttls, implicit or none; got %q", s.TLS)
+		}
+		if s.Password != "" && s.Username == "" {
+			p.add(f+"username", "is required when password is set")
+		}
+		p.level(f+"min_level", s.MinLevel)
+	}
+	seen := map[string]int{}
+	for i, w := range n.Webhooks {
+		f := func(name string) string { return fmt.Sprintf("notifications.webhooks[%d].%s", i, name) }
+		if w.Name == "" {
+			p.add(f("name"), "is required (it labels watcher_notifications_failed_total)")
+		} else if j, dup := seen[w.Name]; dup {
+			p.add(f("name"), "%q is already used by notifications.webhooks[%d]", w.Name, j)
+		} else {
+			seen[w.Name] = i
+		}
+		p.httpURL(f("url"), w.URL)
+		switch strings.ToUpper(w.Method) {
+		case "", "POST", "PUT", "PATCH", "GET":
+		default:
+			p.add(f("method"), "must be POST, PUT, PATCH or GET; got %q", w.Method)
+		}
+		p.level(f("min_level"), w.MinLevel)
+	}
+}
+
+type problems []string
+
+func (p *problems) add(field, format string, args ...any) {
+	*p = append(*p, field+": "+fmt.Sprintf(format, args...))
+}
+
+func (p *problems) positive(field string, v Seconds) {
+	if !(v > 0) || math.IsInf(float64(v), 0) {
+		p.add(field, "must be a positive number of seconds, got %v", float64(v))
+	}
+}
+
+func (p *problems) httpURL(field, raw string) {
+	u, err := url.Parse(raw)
+	switch {
+	case raw == "":
+		p.add(field, "is required")
+	case err != nil:
+		p.add(field, "is not a URL: %v", err)
+	case (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+		p.add(field, "must be an http:// or https:// URL, got %q", raw)
+	}
+}
+
+func (p *problems) level(field, v string) {
+	if v == "" {
+		return
+	}
+	for _, l := range levels {
+		if v == l {
+			return
+		}
+	}
+	p.add(field, "must be one of %s; got %q", strings.Join(levels, ", "), v)
+}
+
+func (p problems) err() error {
+	if len(p) == 0 {
+		return nil
+	}
+	return &ValidationError{Problems: p}
+}
+
+// StatePath says where the state file lives: state_file from the config,
+// else $STATE_DIRECTORY/state.json (systemd's StateDirectory=), else
+// /var/lib/dockward/state.json.
+func (c *Config) StatePath(getenv func(string) string) string {
+	if c.StateFile != "" {
+		return c.StateFile
+	}
+	if dir := getenv("STATE_DIRECTORY"); dir != "" {
+		// systemd passes a colon-separated list when several are configured.
+		dir, _, _ = strings.Cut(dir, ":")
+		return filepath.Join(dir, "state.json")
+	}
+	return "/var/lib/dockward/state.json"
+}
+
+// Service returns the service with the given name.
+func (c *Config) Service(name string) (Service, bool) {
+	for _, s := range c.Services {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return Service{}, false
+}

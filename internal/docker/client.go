@@ -1,0 +1,273 @@
+// Package docker is a small client for the Docker Engine HTTP API, spoken
+// over the engine's unix socket. It covers what Dockward needs: listing and
+// inspecting a compose project's containers, restarting them, pulling,
+// tagging and removing images, and following the event stream.
+package docker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// maxAPIVersion is the newest Engine API version whose behaviour this client
+// is written against. A newer engine is spoken to at this version; an older
+// engine at its own.
+const maxAPIVersion = "1.41"
+
+const (
+	// defaultTimeout bounds each call that is not a long-lived stream.
+	defaultTimeout = 30 * time.Second
+	// dialTimeout bounds connecting to the socket.
+	dialTimeout = 5 * time.Second
+	// maxErrorBody is how much of an error response is read for its message.
+	maxErrorBody = 64 << 10
+)
+
+// ErrNotFound matches (with errors.Is) an APIError for a missing container
+// or image.
+var ErrNotFound = errors.New("not found")
+
+// APIError is a non-2xx answer from the engine.
+type APIError struct {
+	Op         string // what was being done, e.g. "inspect container abc123"
+	StatusCode int
+	Message    string // the engine's "message", or the raw body if it had none
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("%s: docker API %d: %s", e.Op, e.StatusCode, e.Message)
+}
+
+// Is reports whether a 404 is being matched against ErrNotFound.
+func (e *APIError) Is(target error) bool {
+	return target == ErrNotFound && e.StatusCode == http.StatusNotFound
+}
+
+// Client talks to one Docker engine. It is safe for concurrent use.
+type Client struct {
+	http    *http.Client
+	logger  *slog.Logger
+	timeout time.Duration // per call; the header phase of streams
+
+	// versionLock guards apiVersion. It is a channel rather than a mutex so
+	// that a caller waiting on another's negotiation can give up with its ctx.
+	versionLock chan struct{}
+	apiVersion  string // negotiated, "" until negotiation succeeds
+}
+
+// New returns a client for the engine listening on socketPath, typically
+// /var/run/docker.sock. Nothing is dialled until the first call. A nil logger
+// discards.
+func New(socketPath string, logger *slog.Logger) *Client {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	dialer := &net.Dialer{Timeout: dialTimeout}
+	transport := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return dialer.DialContext(ctx, "unix", socketPath)
+		},
+		MaxIdleConns:        8,
+		MaxIdleConnsPerHost: 8,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+	}
+	return &Client{
+		http: &http.Client{
+			Transport: transport,
+			// The engine does not redirect; a redirect would come from its
+			// router cleaning a path and must not be followed.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		logger:      logger.With("component", "docker", "socket", socketPath),
+		timeout:     defaultTimeout,
+		versionLock: make(chan struct{}, 1),
+	}
+}
+
+// Version returns the API version the client speaks to the engine,
+// negotiating it with GET /version on first use. A failed negotiation is
+// retried by the next call.
+func (c *Client) Version(ctx context.Context) (string, error) {
+	select {
+	case c.versionLock <- struct{}{}:
+	case <-ctx.Done():
+		return "", fmt.Errorf("negotiate docker API version: %w", ctx.Err())
+	}
+	defer func() { <-c.versionLock }()
+	if c.apiVersion != "" {
+		return c.apiVersion, nil
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	var v struct {
+		Version    string
+		APIVersion string `json:"ApiVersion"`
+	}
+	// /version is the one path asked for without a version prefix.
+	resp, err := c.roundTrip(ctx, "negotiate docker API version", http.MethodGet, "/version", nil)
+	if err != nil {
+		return "", err
+	}
+	defer closeBody(resp)
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		return "", fmt.Errorf("negotiate docker API version: decode /version: %w", err)
+	}
+	use, err := negotiate(v.APIVersion)
+	if err != nil {
+		return "", fmt.Errorf("negotiate docker API version: %w", err)
+	}
+	c.apiVersion = use
+	c.logger.Info("docker engine connected",
+		"engine_version", v.Version, "engine_api_version", v.APIVersion, "api_version", use)
+	return use, nil
+}
+
+// negotiate picks the version to speak to an engine offering engineVersion:
+// the engine's own if older than maxAPIVersion, else maxAPIVersion.
+func negotiate(engineVersion string) (string, error) {
+	engine, err := parseAPIVersion(engineVersion)
+	if err != nil {
+		return "", fmt.Errorf("engine ApiVersion: %w", err)
+	}
+	ours, err := parseAPIVersion(maxAPIVersion)
+	if err != nil {
+		return "", err
+	}
+	if engine.less(ours) {
+		return engineVersion, nil
+	}
+	return maxAPIVersion, nil
+}
+
+type apiVersion struct{ major, minor int }
+
+func (v apiVersion) less(w apiVersion) bool {
+	return v.major < w.major || v.major == w.major && v.minor < w.minor
+}
+
+func parseAPIVersion(s string) (apiVersion, error) {
+	majorText, minorText, ok := strings.Cut(s, ".")
+	if !ok {
+		return apiVersion{}, fmt.Errorf("malformed API version %q", s)
+	}
+	major, err1 := strconv.Atoi(majorText)
+	minor, err2 := strconv.Atoi(minorText)
+	if err1 != nil || err2 != nil || major < 0 || minor < 0 {
+		return apiVersion{}, fmt.Errorf("malformed API version %q", s)
+	}
+	return apiVersion{major, minor}, nil
+}
+
+// checkPathRef checks a container ID or name, or an image reference, before
+// it goes into a request path unescaped: the engine's router would resolve
+// "." and ".." segments, and an empty one would change the route.
+func checkPathRef(ref string) error {
+	if ref == "" {
+		return errors.New("empty reference")
+	}
+	for seg := range strings.SplitSeq(ref, "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return fmt.Errorf("invalid reference %q", ref)
+		}
+	}
+	return nil
+}
+
+// request describes one call to the engine.
+type request struct {
+	op     string // for errors: "inspect container abc123"
+	method string
+	path   string // unversioned, e.g. "/containers/abc123/json"
+	query  url.Values
+}
+
+// send makes a versioned request and returns the response with its body
+// open, or an *APIError for a non-2xx status. It applies no timeout of its
+// own; the caller bounds ctx.
+func (c *Client) send(ctx context.Context, req request) (*http.Response, error) {
+	version, err := c.Version(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", req.op, err)
+	}
+	return c.roundTrip(ctx, req.op, req.method, "/v"+version+req.path, req.query)
+}
+
+// call makes a request bounded by timeout (the client's default when zero)
+// and decodes a JSON answer into out unless out is nil.
+func (c *Client) call(ctx context.Context, req request, timeout time.Duration, out any) error {
+	if timeout <= 0 {
+		timeout = c.timeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	resp, err := c.send(ctx, req)
+	if err != nil {
+		return err
+	}
+	defer closeBody(resp)
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("%s: decode response: %w", req.op, err)
+	}
+	return nil
+}
+
+// roundTrip sends one request to path, which is used as is: Go leaves the
+// ':', '/' and '@' of image references unescaped in a path, which is what the
+// engine expects in /images/127.0.0.1:5000/app:latest/json.
+func (c *Client) roundTrip(ctx context.Context, op, method, path string, query url.Values) (*http.Response, error) {
+	u := url.URL{Scheme: "http", Host: "docker", Path: path, RawQuery: query.Encode()}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		return resp, nil
+	}
+	defer closeBody(resp)
+	return nil, &APIError{Op: op, StatusCode: resp.StatusCode, Message: errorMessage(resp.Body)}
+}
+
+// errorMessage extracts the engine's {"message": "..."} from an error body,
+// falling back to the body's text.
+func errorMessage(body io.Reader) string {
+	raw, err := io.ReadAll(io.LimitReader(body, maxErrorBody))
+	if err != nil && len(raw) == 0 {
+		return fmt.Sprintf("(reading error body: %v)", err)
+	}
+	var e struct {
+		Message string `json:"message"`
+	}
+	if json.Unmarshal(raw, &e) == nil && e.Message != "" {
+		return e.Message
+	}
+	if text := strings.TrimSpace(string(raw)); text != "" {
+		return text
+	}
+	return "(empty body)"
+}
+
+// closeBody drains a little of what is left, so the connection can be
+// reused, and closes the body.
+func closeBody(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+	_ = resp.Body.Close()
+}

@@ -1,0 +1,325 @@
+package docker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeEngine answers like a Docker engine whose newest API is apiVersion:
+// GET /version from testdata/version.json, and routes keyed by method and the
+// path after the version prefix exactly as it arrived
+// ("GET /containers/abc/json").
+// Anything else is the engine's 404 "page not found".
+type fakeEngine struct {
+	t          *testing.T
+	apiVersion string
+	routes     map[string]http.HandlerFunc
+
+	mu           sync.Mutex
+	requests     []string // method and request URI, as received
+	versionFails int      // answer this many GET /version with a 500 first
+}
+
+func (e *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	e.mu.Lock()
+	e.requests = append(e.requests, r.Method+" "+r.RequestURI)
+	fail := e.versionFails > 0 && r.URL.Path == "/version"
+	if fail {
+		e.versionFails--
+	}
+	e.mu.Unlock()
+
+	path := r.URL.EscapedPath()
+	if path == "/version" {
+		if fail {
+			writeError(w, http.StatusInternalServerError, "daemon is starting")
+			return
+		}
+		writeJSON(w, http.StatusOK, versionFixture(e.t, e.apiVersion))
+		return
+	}
+	// Like the engine, serve any version up to our own.
+	version, rest, _ := strings.Cut(strings.TrimPrefix(path, "/v"), "/")
+	asked, err1 := parseAPIVersion(version)
+	ours, err2 := parseAPIVersion(e.apiVersion)
+	if err1 != nil || err2 != nil || ours.less(asked) {
+		e.t.Errorf("fake engine at API %s got %s %s", e.apiVersion, r.Method, r.RequestURI)
+		writeError(w, http.StatusBadRequest, "client version "+version+" is too new. Maximum supported API version is "+e.apiVersion)
+		return
+	}
+	h, ok := e.routes[r.Method+" /"+rest]
+	if !ok {
+		writeError(w, http.StatusNotFound, "page not found")
+		return
+	}
+	h(w, r)
+}
+
+// received returns the requests the engine got so far.
+func (e *fakeEngine) received() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]string(nil), e.requests...)
+}
+
+// newEngine starts a fake engine on a unix socket and returns a client for it.
+func newEngine(t *testing.T, apiVersion string, routes map[string]http.HandlerFunc) (*Client, *fakeEngine) {
+	t.Helper()
+	e := &fakeEngine{t: t, apiVersion: apiVersion, routes: routes}
+	sock := socketPath(t)
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatalf("listen on %s: %v", sock, err)
+	}
+	srv := httptest.NewUnstartedServer(e)
+	srv.Listener.Close()
+	srv.Listener = l
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return New(sock, testLogger(t)), e
+}
+
+// socketPath returns a path for a unix socket in a temporary directory,
+// short enough for the 108-byte limit on socket paths.
+func socketPath(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if len(dir) > 90 {
+		var err error
+		if dir, err = os.MkdirTemp("", "dw"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+	}
+	return filepath.Join(dir, "docker.sock")
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func fixture(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatalf("read fixture: %v", err)
+	}
+	return b
+}
+
+// versionFixture is the real engine's GET /version answer with its
+// ApiVersion replaced.
+func versionFixture(t *testing.T, apiVersion string) []byte {
+	var v map[string]any
+	if err := json.Unmarshal(fixture(t, "version.json"), &v); err != nil {
+		t.Errorf("decode version.json: %v", err)
+	}
+	v["ApiVersion"] = apiVersion
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Errorf("encode version: %v", err)
+	}
+	return b
+}
+
+func writeJSON(w http.ResponseWriter, status int, body []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Api-Version", "1.41")
+	w.WriteHeader(status)
+	w.Write(body)
+}
+
+// writeError answers like the engine does: {"message": "..."}.
+func writeError(w http.ResponseWriter, status int, message string) {
+	b, _ := json.Marshal(map[string]string{"message": message})
+	writeJSON(w, status, append(b, '\n'))
+}
+
+func serveFixture(t *testing.T, status int, name string) http.HandlerFunc {
+	body := fixture(t, name)
+	return func(w http.ResponseWriter, r *http.Request) { writeJSON(w, status, body) }
+}
+
+func serveError(status int, message string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) { writeError(w, status, message) }
+}
+
+func TestVersionNegotiation(t *testing.T) {
+	tests := []struct {
+		name   string
+		engine string
+		want   string
+	}{
+		{"engine at our version", "1.41", "1.41"},
+		{"older engine", "1.40", "1.40"},
+		{"much older engine", "1.25", "1.25"},
+		{"newer engine", "1.45", "1.41"},
+		{"minor compared as a number", "1.5", "1.5"},
+		{"newer major", "2.0", "1.41"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, e := newEngine(t, tt.engine, map[string]http.HandlerFunc{
+				"GET /containers/json": func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, []byte("[]\n")) },
+			})
+			ctx := t.Context()
+			for range 2 {
+				if _, err := c.ListContainers(ctx, "shop", false); err != nil {
+					t.Fatalf("ListContainers: %v", err)
+				}
+			}
+			got, err := c.Version(ctx)
+			if err != nil || got != tt.want {
+				t.Errorf("Version() = %q, %v, want %q", got, err, tt.want)
+			}
+			reqs := e.received()
+			if len(reqs) != 3 || reqs[0] != "GET /version" {
+				t.Fatalf("engine received %q, want GET /version once, then two listings", reqs)
+			}
+			for _, r := range reqs[1:] {
+				if want := "GET /v" + tt.want + "/containers/json?"; !strings.HasPrefix(r, want) {
+					t.Errorf("engine received %q, want prefix %q", r, want)
+				}
+			}
+		})
+	}
+}
+
+func TestVersionRetriesAfterFailure(t *testing.T) {
+	c, e := newEngine(t, "1.41", nil)
+	e.versionFails = 1
+	ctx := t.Context()
+
+	_, err := c.Version(ctx)
+	const want = "negotiate docker API version: docker API 500: daemon is starting"
+	if err == nil || err.Error() != want {
+		t.Fatalf("first Version() error = %v, want %q", err, want)
+	}
+	got, err := c.Version(ctx)
+	if err != nil || got != "1.41" {
+		t.Fatalf("second Version() = %q, %v, want 1.41", got, err)
+	}
+	if n := len(e.received()); n != 2 {
+		t.Errorf("engine received %d requests, want 2", n)
+	}
+}
+
+func TestVersionConcurrentCallsNegotiateOnce(t *testing.T) {
+	c, e := newEngine(t, "1.41", nil)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			if v, err := c.Version(t.Context()); err != nil || v != "1.41" {
+				t.Errorf("Version() = %q, %v, want 1.41", v, err)
+			}
+		})
+	}
+	wg.Wait()
+	if reqs := e.received(); len(reqs) != 1 {
+		t.Errorf("engine received %q, want a single GET /version", reqs)
+	}
+}
+
+func TestVersionMalformed(t *testing.T) {
+	for _, v := range []string{"", "1", "one.two", "1.x", "1.-1"} {
+		c, _ := newEngine(t, v, nil)
+		_, err := c.Version(t.Context())
+		if err == nil || !strings.Contains(err.Error(), "malformed API version") {
+			t.Errorf("Version() with engine ApiVersion %q: error = %v, want malformed API version", v, err)
+		}
+	}
+}
+
+func TestNoEngine(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "missing.sock")
+	c := New(sock, testLogger(t))
+	_, err := c.InspectContainer(t.Context(), "abc123")
+	if err == nil {
+		t.Fatal("InspectContainer with no engine: no error")
+	}
+	for _, want := range []string{"inspect container abc123: negotiate docker API version: ", sock, "no such file or directory"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("InspectContainer with no engine: error %q, want it to contain %q", err, want)
+		}
+	}
+}
+
+func TestAPIError(t *testing.T) {
+	tests := []struct {
+		name         string
+		handler      http.HandlerFunc
+		wantErr      string
+		wantNotFound bool
+	}{
+		{
+			name:         "not found",
+			handler:      serveError(404, "No such container: abc123"),
+			wantErr:      "inspect container abc123: docker API 404: No such container: abc123",
+			wantNotFound: true,
+		},
+		{
+			name:    "server error",
+			handler: serveError(500, "Cannot connect to the containerd daemon"),
+			wantErr: "inspect container abc123: docker API 500: Cannot connect to the containerd daemon",
+		},
+		{
+			name: "plain text body",
+			handler: func(w http.ResponseWriter, r *http.Request) {
+				http.Error(w, "upstream proxy failed", http.StatusBadGateway)
+			},
+			wantErr: "inspect container abc123: docker API 502: upstream proxy failed",
+		},
+		{
+			name:    "empty body",
+			handler: func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusConflict) },
+			wantErr: "inspect container abc123: docker API 409: (empty body)",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _ := newEngine(t, "1.41", map[string]http.HandlerFunc{"GET /containers/abc123/json": tt.handler})
+			_, err := c.InspectContainer(t.Context(), "abc123")
+			if err == nil || err.Error() != tt.wantErr {
+				t.Fatalf("InspectContainer(%q) error = %v, want %q", "abc123", err, tt.wantErr)
+			}
+			if got := errors.Is(err, ErrNotFound); got != tt.wantNotFound {
+				t.Errorf("errors.Is(%v, ErrNotFound) = %v, want %v", err, got, tt.wantNotFound)
+			}
+			apiErr, ok := errors.AsType[*APIError](err)
+			if !ok || apiErr.Op != "inspect container abc123" {
+				t.Errorf("errors.AsType[*APIError](%v) = %+v, %v, want Op %q", err, apiErr, ok, "inspect container abc123")
+			}
+		})
+	}
+}
+
+func TestCallTimeout(t *testing.T) {
+	c, _ := newEngine(t, "1.41", map[string]http.HandlerFunc{
+		"GET /containers/slow/json": func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case <-r.Context().Done():
+			case <-time.After(5 * time.Second):
+			}
+		},
+	})
+	c.timeout = 100 * time.Millisecond
+	start := time.Now()
+	_, err := c.InspectContainer(t.Context(), "slow")
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("InspectContainer(%q) = %v, want a deadline exceeded error", "slow", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("InspectContainer(%q) took %s with a 100ms timeout", "slow", d)
+	}
+}

@@ -1,0 +1,271 @@
+// Package registrytest runs a real registry (Debian's docker-registry,
+// distribution 2.8) for tests and pushes tiny images to it over the HTTP API.
+package registrytest
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+const startTimeout = 10 * time.Second
+
+// Start runs docker-registry on 127.0.0.1 with filesystem storage in a
+// temporary directory and returns its base URL, such as
+// "http://127.0.0.1:41234". The registry is killed at test cleanup. Start
+// fails the test when docker-registry is not installed or does not answer
+// GET /v2/ within 10s.
+func Start(t testing.TB) string {
+	t.Helper()
+	bin, err := exec.LookPath("docker-registry")
+	if err != nil {
+		t.Fatalf("docker-registry not found (%v): install it with `apt-get install docker-registry` (Debian's distribution 2.8); the registry tests need a real registry", err)
+	}
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	config := fmt.Sprintf(`version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+http:
+  addr: %s
+  secret: dockward-test
+`, strconv.Quote(filepath.Join(dir, "data")), addr)
+	configPath := filepath.Join(dir, "config.yml")
+	if err := os.WriteFile(configPath, []byte(config), 0o600); err != nil {
+		t.Fatalf("write registry config: %v", err)
+	}
+
+	var out syncBuffer
+	cmd := exec.Command(bin, "serve", configPath)
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	cmd.SysProcAttr = sysProcAttr()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start docker-registry: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("docker-registry output:\n%s", out.String())
+		}
+	})
+
+	base := "http://" + addr
+	hc := &http.Client{Timeout: time.Second}
+	deadline := time.NewTimer(startTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(25 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		resp, err := hc.Get(base + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return base
+			}
+		}
+		select {
+		case werr := <-exited:
+			exited <- werr // for the cleanup
+			t.Fatalf("docker-registry exited before serving (%v); output:\n%s", werr, out.String())
+		case <-deadline.C:
+			t.Fatalf("docker-registry did not answer GET /v2/ with 200 within %v (last: %v); output:\n%s", startTimeout, describe(resp, err), out.String())
+		case <-tick.C:
+		}
+	}
+}
+
+func describe(resp *http.Response, err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	return resp.Status
+}
+
+// freeAddr returns a 127.0.0.1 address with a port that was free a moment ago.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("find a free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// Push uploads a tiny single-layer image to repository:tag of the registry at
+// baseURL and returns the digest of the manifest, the sha256 of the exact
+// bytes PUT. The layer is a gzipped tar holding one file whose bytes are
+// content, so different contents give different digests and the image can be
+// pulled by a real Docker engine (it has no command to run).
+func Push(t testing.TB, baseURL, repository, tag string, content []byte) string {
+	t.Helper()
+	layer, diffID := layerTar(t, content)
+	config, err := json.Marshal(map[string]any{
+		"architecture": runtime.GOARCH,
+		"os":           "linux",
+		"config":       map[string]any{},
+		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{diffID}},
+	})
+	if err != nil {
+		t.Fatalf("encode image config: %v", err)
+	}
+	configDigest := PushBlob(t, baseURL, repository, config)
+	layerDigest := PushBlob(t, baseURL, repository, layer)
+	manifest, err := json.Marshal(map[string]any{
+		"schemaVersion": 2,
+		"mediaType":     "application/vnd.docker.distribution.manifest.v2+json",
+		"config": map[string]any{
+			"mediaType": "application/vnd.docker.container.image.v1+json",
+			"size":      len(config),
+			"digest":    configDigest,
+		},
+		"layers": []map[string]any{{
+			"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+			"size":      len(layer),
+			"digest":    layerDigest,
+		}},
+	})
+	if err != nil {
+		t.Fatalf("encode manifest: %v", err)
+	}
+	return PutManifest(t, baseURL, repository, tag, "application/vnd.docker.distribution.manifest.v2+json", manifest)
+}
+
+// PutManifest PUTs manifest bytes under repository:tag and returns their
+// sha256 digest, after checking that the registry reports the same one.
+func PutManifest(t testing.TB, baseURL, repository, tag, mediaType string, manifest []byte) string {
+	t.Helper()
+	want := digestOf(manifest)
+	req := newRequest(t, http.MethodPut, baseURL+"/v2/"+repository+"/manifests/"+tag, manifest)
+	req.Header.Set("Content-Type", mediaType)
+	resp := send(t, req, http.StatusCreated)
+	if got := resp.Header.Get("Docker-Content-Digest"); got != want {
+		t.Fatalf("PUT manifest %s:%s: registry says digest %q, the bytes hash to %q", repository, tag, got, want)
+	}
+	return want
+}
+
+// PushBlob uploads blob to repository with a monolithic upload (POST to
+// start, PUT with the bytes and their digest) and returns its digest.
+func PushBlob(t testing.TB, baseURL, repository string, blob []byte) string {
+	t.Helper()
+	d := digestOf(blob)
+	resp := send(t, newRequest(t, http.MethodPost, baseURL+"/v2/"+repository+"/blobs/uploads/", nil), http.StatusAccepted)
+	base, err := url.Parse(baseURL)
+	if err != nil {
+		t.Fatalf("parse registry URL %q: %v", baseURL, err)
+	}
+	loc, err := base.Parse(resp.Header.Get("Location"))
+	if err != nil {
+		t.Fatalf("start blob upload to %s: bad Location %q: %v", repository, resp.Header.Get("Location"), err)
+	}
+	q := loc.Query()
+	q.Set("digest", d)
+	loc.RawQuery = q.Encode()
+	req := newRequest(t, http.MethodPut, loc.String(), blob)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp = send(t, req, http.StatusCreated)
+	if got := resp.Header.Get("Docker-Content-Digest"); got != d {
+		t.Fatalf("PUT blob to %s: registry says digest %q, the bytes hash to %q", repository, got, d)
+	}
+	return d
+}
+
+func newRequest(t testing.TB, method, u string, body []byte) *http.Request {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, u, bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, u, err)
+	}
+	return req
+}
+
+// send does req and fails the test unless the status is want.
+func send(t testing.TB, req *http.Request, want int) *http.Response {
+	t.Helper()
+	hc := &http.Client{Timeout: 10 * time.Second}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	if resp.StatusCode != want {
+		t.Fatalf("%s %s: %s, want %d: %s", req.Method, req.URL, resp.Status, want, body)
+	}
+	return resp
+}
+
+// layerTar returns a gzipped tar holding one file, and the diff ID (digest
+// of the uncompressed tar). Both are deterministic.
+func layerTar(t testing.TB, content []byte) (gz []byte, diffID string) {
+	t.Helper()
+	var raw bytes.Buffer
+	tw := tar.NewWriter(&raw)
+	hdr := &tar.Header{Name: "dockward-test", Mode: 0o644, Size: int64(len(content)), ModTime: time.Unix(0, 0), Format: tar.FormatPAX}
+	if err := tw.WriteHeader(hdr); err != nil {
+		t.Fatalf("write layer tar: %v", err)
+	}
+	tw.Write(content)
+	if err := tw.Close(); err != nil {
+		t.Fatalf("write layer tar: %v", err)
+	}
+	var zipped bytes.Buffer
+	zw := gzip.NewWriter(&zipped)
+	zw.Write(raw.Bytes())
+	if err := zw.Close(); err != nil {
+		t.Fatalf("gzip layer: %v", err)
+	}
+	return zipped.Bytes(), digestOf(raw.Bytes())
+}
+
+func digestOf(b []byte) string {
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// syncBuffer collects the registry's output, written by exec's copying
+// goroutine and read by the test.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

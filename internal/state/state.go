@@ -1,0 +1,203 @@
+// Package state keeps what Dockward must not forget across restarts: blocked
+// digests, heal cooldowns and deploys that were in flight.
+//
+// The file is small and rewritten whole on every change: write a temp file,
+// fsync it, rename it over the old one, fsync the directory. A crash leaves
+// either the old or the new file, never a torn one.
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// formatVersion is bumped when the file layout changes incompatibly.
+const formatVersion = 1
+
+// File is the on-disk document.
+type File struct {
+	Version  int                 `json:"version"`
+	Services map[string]*Service `json:"services"`
+}
+
+// Service is what is remembered about one service.
+type Service struct {
+	Blocked *Block  `json:"blocked,omitempty"`
+	Heal    Heal    `json:"heal"`
+	Deploy  *Deploy `json:"deploy,omitempty"`
+}
+
+// Block records a digest that failed verification and must not be deployed again.
+type Block struct {
+	Digest string    `json:"digest"`
+	Since  time.Time `json:"since"`
+	Reason string    `json:"reason"`
+}
+
+// Heal tracks auto-heal restarts so cooldowns and the give-up cap survive a restart.
+type Heal struct {
+	LastRestart time.Time `json:"last_restart,omitzero"`
+	Consecutive int       `json:"consecutive,omitempty"`
+	GaveUp      bool      `json:"gave_up,omitempty"`
+}
+
+// Deploy is a deploy in flight. It is written before anything is changed and
+// cleared when the deploy is proven healthy or rolled back, so a start that
+// finds one knows the previous run stopped half way.
+type Deploy struct {
+	Digest        string    `json:"digest"`
+	RollbackImage string    `json:"rollback_image,omitempty"`
+	Started       time.Time `json:"started"`
+}
+
+// Store is the state file and its in-memory copy. It is safe for concurrent use.
+type Store struct {
+	path string
+
+	mu   sync.Mutex
+	data File
+}
+
+// Open loads the state file at path. A missing file is an empty state; a file
+// that cannot be parsed is an error, because starting without it would forget
+// blocked digests and redeploy them.
+func Open(path string) (*Store, error) {
+	s := &Store{path: path, data: File{Version: formatVersion, Services: map[string]*Service{}}}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return s, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read state file: %w", err)
+	}
+	if err := json.Unmarshal(b, &s.data); err != nil {
+		return nil, fmt.Errorf("parse state file %s (fix or remove it; it holds blocked digests): %w", path, err)
+	}
+	if s.data.Version != formatVersion {
+		return nil, fmt.Errorf("state file %s has format version %d, this dockward reads %d", path, s.data.Version, formatVersion)
+	}
+	if s.data.Services == nil {
+		s.data.Services = map[string]*Service{}
+	}
+	return s, nil
+}
+
+// Path is where the state is stored.
+func (s *Store) Path() string { return s.path }
+
+// Get returns a copy of what is stored for a service (the zero value if nothing).
+func (s *Store) Get(name string) Service {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.data.Services[name].clone()
+}
+
+// All returns a copy of every service's state.
+func (s *Store) All() map[string]Service {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]Service, len(s.data.Services))
+	for name, svc := range s.data.Services {
+		out[name] = svc.clone()
+	}
+	return out
+}
+
+// Update changes one service's state and writes the file before returning.
+// If the write fails the in-memory state is left as it was.
+func (s *Store) Update(name string, change func(*Service)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old, existed := s.data.Services[name]
+	next := old.clone()
+	change(&next)
+	if next.isZero() {
+		delete(s.data.Services, name)
+	} else {
+		s.data.Services[name] = &next
+	}
+	if err := s.save(); err != nil {
+		if existed {
+			s.data.Services[name] = old
+		} else {
+			delete(s.data.Services, name)
+		}
+		return err
+	}
+	return nil
+}
+
+func (s *Store) save() error {
+	b, err := json.MarshalIndent(s.data, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode state: %w", err)
+	}
+	return writeAtomic(s.path, append(b, '\n'))
+}
+
+func writeAtomic(path string, b []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create state directory: %w", err)
+	}
+	f, err := os.CreateTemp(dir, ".state-*.tmp")
+	if err != nil {
+		return fmt.Errorf("write state file: %w", err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op once renamed
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return fmt.Errorf("write state file: %w", err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return fmt.Errorf("write state file: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("sync state file: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write state file: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("replace state file: %w", err)
+	}
+	// The rename is durable only once the directory entry is synced.
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync state directory: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync state directory: %w", err)
+	}
+	return nil
+}
+
+func (s *Service) clone() Service {
+	if s == nil {
+		return Service{}
+	}
+	c := *s
+	if s.Blocked != nil {
+		b := *s.Blocked
+		c.Blocked = &b
+	}
+	if s.Deploy != nil {
+		d := *s.Deploy
+		c.Deploy = &d
+	}
+	return c
+}
+
+func (s Service) isZero() bool {
+	return s.Blocked == nil && s.Deploy == nil && s.Heal == Heal{}
+}
