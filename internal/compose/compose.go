@@ -173,6 +173,11 @@ func (r *Runner) run(ctx context.Context, op, file, project string, args ...stri
 	if err != nil {
 		return fmt.Errorf("compose %s (project %s): %w", op, project, err)
 	}
+	// Without this, a missing directory reads "fork/exec docker: no such
+	// file or directory", as if compose were missing.
+	if _, err := os.Stat(file); err != nil {
+		return fmt.Errorf("compose %s (project %s): %w", op, project, err)
+	}
 	full := append(slices.Clone(r.command[1:]), "-f", file, "-p", project)
 	full = append(full, args...)
 

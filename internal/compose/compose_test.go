@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -75,6 +76,21 @@ func (f *fakes) dockerWithoutCompose() string {
 
 func (f *fakes) composeV1(body string) string {
 	return f.script("docker-compose", "version", v1Version, 0, body)
+}
+
+// composeFile returns the path of an empty file stack/compose.yml in a new
+// temporary directory.
+func composeFile(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "stack")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "compose.yml")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return file
 }
 
 type invocation struct {
@@ -240,11 +256,8 @@ func TestArguments(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			dir := filepath.Join(t.TempDir(), "stack")
-			file := filepath.Join(dir, "compose.yml")
-			if err := os.Mkdir(dir, 0o755); err != nil {
-				t.Fatal(err)
-			}
+			file := composeFile(t)
+			dir := filepath.Dir(file)
 			if err := tt.call(t.Context(), r, file); err != nil {
 				t.Fatal(err)
 			}
@@ -267,7 +280,8 @@ func TestRelativeFileIsMadeAbsolute(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := t.TempDir()
+	file := composeFile(t)
+	base := filepath.Dir(filepath.Dir(file))
 	t.Chdir(base)
 	if err := r.Up(t.Context(), "stack/compose.yml", "myapp", UpOptions{}); err != nil {
 		t.Fatal(err)
@@ -298,12 +312,16 @@ func TestInvalidNames(t *testing.T) {
 		{"empty service", "myapp", UpOptions{Services: []string{""}}},
 		{"service with a space", "myapp", UpOptions{Services: []string{"a b"}}},
 	} {
-		if err := r.Up(t.Context(), "/srv/compose.yml", tt.project, tt.opts); err == nil {
+		if err := r.Up(t.Context(), composeFile(t), tt.project, tt.opts); err == nil {
 			t.Errorf("%s: Up(%q, %+v) = nil, want an error", tt.name, tt.project, tt.opts)
 		}
 	}
 	if err := r.Pull(t.Context(), "", "myapp"); err == nil {
 		t.Errorf("Pull with no file = nil, want an error")
+	}
+	missing := filepath.Join(t.TempDir(), "nope", "compose.yml")
+	if err := r.Pull(t.Context(), missing, "myapp"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Pull(%q) = %v, want fs.ErrNotExist", missing, err)
 	}
 	if n := len(f.invocations()); n != runs {
 		t.Errorf("compose ran %d times for invalid arguments", n-runs)
@@ -317,7 +335,7 @@ func TestFailureOutputInError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = r.Pull(t.Context(), "/srv/myapp/compose.yml", "myapp")
+	err = r.Pull(t.Context(), composeFile(t), "myapp")
 	want := "compose pull (project myapp): exit status 1: Pulling web ... error\nERROR: pull access denied for myapp"
 	if err == nil || err.Error() != want {
 		t.Fatalf("Pull() = %v, want %q", err, want)
@@ -342,7 +360,7 @@ exit 3`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = r.Up(t.Context(), "/srv/myapp/compose.yml", "myapp", UpOptions{})
+	err = r.Up(t.Context(), composeFile(t), "myapp", UpOptions{})
 	if err == nil {
 		t.Fatal("Up() = nil, want an error")
 	}
@@ -365,7 +383,7 @@ func TestOutputLoggedAtDebug(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Up(t.Context(), "/srv/myapp/compose.yml", "myapp", UpOptions{}); err != nil {
+	if err := r.Up(t.Context(), composeFile(t), "myapp", UpOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
@@ -391,7 +409,7 @@ func TestTimeoutKillsCompose(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	err = r.Pull(t.Context(), "/srv/myapp/compose.yml", "myapp")
+	err = r.Pull(t.Context(), composeFile(t), "myapp")
 	elapsed := time.Since(start)
 	if err == nil || !strings.Contains(err.Error(), "timed out after 300ms") || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Pull() = %v, want a timeout error", err)
@@ -418,7 +436,7 @@ func TestCancelStopsCompose(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	err = r.Up(ctx, "/srv/myapp/compose.yml", "myapp", UpOptions{})
+	err = r.Up(ctx, composeFile(t), "myapp", UpOptions{})
 	if !errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "timed out after") {
 		t.Fatalf("Up() = %v, want the caller's context error, not the runner's timeout", err)
 	}

@@ -278,10 +278,16 @@ func (s *scenario) request(method, path string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// trigger asks dockward to check now and waits for the outcome.
+// trigger asks dockward to check now and waits for the outcome. A 409 (a
+// poll is checking the service right now) is retried.
 func (s *scenario) trigger() triggerResult {
 	s.t.Helper()
-	code, body := s.request("POST", "/trigger/"+s.name+"?wait=true")
+	var code int
+	var body string
+	s.waitFor(30*time.Second, "a trigger that is not refused as busy", func() (bool, string) {
+		code, body = s.request("POST", "/trigger/"+s.name+"?wait=true")
+		return code != 409, body
+	})
 	if code != 200 {
 		s.t.Fatalf("POST /trigger/%s?wait=true = %d %s", s.name, code, body)
 	}
