@@ -117,6 +117,11 @@ func (c *Client) Version(ctx context.Context) (string, error) {
 	}
 	// /version is the one path asked for without a version prefix.
 	resp, err := c.roundTrip(ctx, "negotiate docker API version", http.MethodGet, "/version", nil)
+	if apiErr, ok := errors.AsType[*APIError](err); ok {
+		// Not an APIError any more: a 404 here must not read as the
+		// caller's container or image being missing.
+		return "", errors.New(apiErr.Error())
+	}
 	if err != nil {
 		return "", err
 	}

@@ -26,24 +26,24 @@ type fakeEngine struct {
 	apiVersion string
 	routes     map[string]http.HandlerFunc
 
-	mu           sync.Mutex
-	requests     []string // method and request URI, as received
-	versionFails int      // answer this many GET /version with a 500 first
+	mu            sync.Mutex
+	requests      []string // method and request URI, as received
+	versionErrors []int    // statuses to answer the first GET /version requests with
 }
 
 func (e *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	e.mu.Lock()
 	e.requests = append(e.requests, r.Method+" "+r.RequestURI)
-	fail := e.versionFails > 0 && r.URL.Path == "/version"
-	if fail {
-		e.versionFails--
+	failWith := 0
+	if len(e.versionErrors) > 0 && r.URL.Path == "/version" {
+		failWith, e.versionErrors = e.versionErrors[0], e.versionErrors[1:]
 	}
 	e.mu.Unlock()
 
 	path := r.URL.EscapedPath()
 	if path == "/version" {
-		if fail {
-			writeError(w, http.StatusInternalServerError, "daemon is starting")
+		if failWith != 0 {
+			writeError(w, failWith, "daemon is starting")
 			return
 		}
 		writeJSON(w, http.StatusOK, versionFixture(e.t, e.apiVersion))
@@ -88,6 +88,16 @@ func newEngine(t *testing.T, apiVersion string, routes map[string]http.HandlerFu
 	srv.Start()
 	t.Cleanup(srv.Close)
 	return New(sock, testLogger(t)), e
+}
+
+// shortenTimeout negotiates the API version with the default timeout, so
+// that a loaded machine cannot fail it, then sets the per-call timeout.
+func shortenTimeout(t *testing.T, c *Client, d time.Duration) {
+	t.Helper()
+	if _, err := c.Version(t.Context()); err != nil {
+		t.Fatalf("Version(): %v", err)
+	}
+	c.timeout = d
 }
 
 // socketPath returns a path for a unix socket in a temporary directory,
@@ -198,7 +208,7 @@ func TestVersionNegotiation(t *testing.T) {
 
 func TestVersionRetriesAfterFailure(t *testing.T) {
 	c, e := newEngine(t, "1.41", nil)
-	e.versionFails = 1
+	e.versionErrors = []int{500, 404}
 	ctx := t.Context()
 
 	_, err := c.Version(ctx)
@@ -206,12 +216,18 @@ func TestVersionRetriesAfterFailure(t *testing.T) {
 	if err == nil || err.Error() != want {
 		t.Fatalf("first Version() error = %v, want %q", err, want)
 	}
+	// A 404 from /version is not the container being missing.
+	_, err = c.InspectContainer(ctx, "abc123")
+	const wantInspect = "inspect container abc123: negotiate docker API version: docker API 404: daemon is starting"
+	if err == nil || err.Error() != wantInspect || errors.Is(err, ErrNotFound) {
+		t.Fatalf("InspectContainer(%q) with /version answering 404 = %v, want %q not matching ErrNotFound", "abc123", err, wantInspect)
+	}
 	got, err := c.Version(ctx)
 	if err != nil || got != "1.41" {
-		t.Fatalf("second Version() = %q, %v, want 1.41", got, err)
+		t.Fatalf("third Version() = %q, %v, want 1.41", got, err)
 	}
-	if n := len(e.received()); n != 2 {
-		t.Errorf("engine received %d requests, want 2", n)
+	if n := len(e.received()); n != 3 {
+		t.Errorf("engine received %d requests, want 3", n)
 	}
 }
 
@@ -281,6 +297,13 @@ func TestAPIError(t *testing.T) {
 			wantErr: "inspect container abc123: docker API 502: upstream proxy failed",
 		},
 		{
+			name: "redirect not followed",
+			handler: func(w http.ResponseWriter, r *http.Request) {
+				http.Redirect(w, r, "/v1.41/containers/other/json", http.StatusMovedPermanently)
+			},
+			wantErr: `inspect container abc123: docker API 301: <a href="/v1.41/containers/other/json">Moved Permanently</a>.`,
+		},
+		{
 			name:    "empty body",
 			handler: func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusConflict) },
 			wantErr: "inspect container abc123: docker API 409: (empty body)",
@@ -313,7 +336,7 @@ func TestCallTimeout(t *testing.T) {
 			}
 		},
 	})
-	c.timeout = 100 * time.Millisecond
+	shortenTimeout(t, c, 100*time.Millisecond)
 	start := time.Now()
 	_, err := c.InspectContainer(t.Context(), "slow")
 	if !errors.Is(err, context.DeadlineExceeded) {

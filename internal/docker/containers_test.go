@@ -272,7 +272,7 @@ func TestRestartContainerOutlastsCallTimeout(t *testing.T) {
 		},
 		"POST /containers/missing/restart": serveError(404, "No such container: missing"),
 	})
-	c.timeout = 100 * time.Millisecond
+	shortenTimeout(t, c, 100*time.Millisecond)
 	if err := c.RestartContainer(t.Context(), "slow", time.Second); err != nil {
 		t.Errorf("RestartContainer(%q, 1s) with a 100ms call timeout: %v", "slow", err)
 	}

@@ -144,7 +144,7 @@ func TestEventsHeaderTimeout(t *testing.T) {
 	c, _ := newEngine(t, "1.41", map[string]http.HandlerFunc{
 		"GET /events": func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() },
 	})
-	c.timeout = 100 * time.Millisecond
+	shortenTimeout(t, c, 100*time.Millisecond)
 	start := time.Now()
 	err := c.Events(t.Context(), nil, time.Time{}, func(Event) {})
 	const want = "watch docker events: no response from the engine within 100ms"
@@ -166,14 +166,14 @@ func TestEventsQuietStreamOutlivesCallTimeout(t *testing.T) {
 			rc := http.NewResponseController(w)
 			rc.Flush()
 			select {
-			case <-time.After(300 * time.Millisecond):
+			case <-time.After(time.Second):
 			case <-r.Context().Done():
 				return
 			}
 			w.Write(append(lines[0], '\n'))
 		},
 	})
-	c.timeout = 100 * time.Millisecond
+	shortenTimeout(t, c, 250*time.Millisecond)
 	n := 0
 	err := c.Events(t.Context(), nil, time.Time{}, func(Event) { n++ })
 	if n != 1 || !errors.Is(err, errStreamClosed) {

@@ -71,8 +71,10 @@ func (c *Client) RemoveImage(ctx context.Context, ref string) error {
 }
 
 // PullImage pulls ref (name:tag or name@sha256:..., "latest" when it has
-// neither) and waits for the pull to finish. The engine reports most
-// failures inside its progress stream, after a 200; those are errors too.
+// neither) and waits for the pull to finish. The engine reports a failure
+// either as an error status (an unreachable registry, a missing tag: 404)
+// or, once the pull is under way, as an error line in a 200 progress
+// stream; both are errors.
 func (c *Client) PullImage(ctx context.Context, ref string) error {
 	repo, tag := splitRef(ref)
 	op := "pull image " + ref

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Image references go into the path as they are, colons and slashes
@@ -48,6 +49,50 @@ func TestImageRefsInPath(t *testing.T) {
 				t.Errorf("engine received\n%q\nwant\n%q", got, want)
 			}
 		})
+	}
+}
+
+// Characters that mean something in a URL are escaped and reach the engine
+// as they were.
+func TestImageRefEscaped(t *testing.T) {
+	const ref = "odd ref?#%"
+	c, e := newEngine(t, "1.41", map[string]http.HandlerFunc{
+		"GET /images/odd%20ref%3F%23%25/json": func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/v1.41/images/"+ref+"/json" {
+				t.Errorf("engine decoded path %q", r.URL.Path)
+			}
+			serveFixture(t, 200, "image_web.json")(w, r)
+		},
+	})
+	if _, err := c.InspectImage(t.Context(), ref); err != nil {
+		t.Errorf("InspectImage(%q): %v (engine received %q)", ref, err, e.received())
+	}
+}
+
+// References that the engine's router would resolve to another route never
+// reach it.
+func TestInvalidPathRefs(t *testing.T) {
+	c, e := newEngine(t, "1.41", nil)
+	ctx := t.Context()
+	for _, ref := range []string{"", "..", "../../containers/abc123", "app/./x", "127.0.0.1:5000//app", "app/"} {
+		calls := []struct {
+			name string
+			err  error
+		}{
+			{"InspectImage", func() error { _, err := c.InspectImage(ctx, ref); return err }()},
+			{"TagImage", c.TagImage(ctx, ref, "app", "v1")},
+			{"RemoveImage", c.RemoveImage(ctx, ref)},
+			{"InspectContainer", func() error { _, err := c.InspectContainer(ctx, ref); return err }()},
+			{"RestartContainer", c.RestartContainer(ctx, ref, time.Second)},
+		}
+		for _, call := range calls {
+			if call.err == nil || !strings.Contains(call.err.Error(), "reference") {
+				t.Errorf("%s(%q) = %v, want an invalid reference error", call.name, ref, call.err)
+			}
+		}
+	}
+	if reqs := e.received(); len(reqs) != 0 {
+		t.Errorf("engine received %q, want nothing", reqs)
 	}
 }
 
