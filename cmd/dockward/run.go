@@ -28,7 +28,7 @@ var errUsage = errors.New("usage error")
 // run is the whole program; main only turns its error into an exit code.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "check" {
-		return runCheck(args[1:], stdout, stderr)
+		return runCheck(args[1:], getenv, stdout, stderr)
 	}
 	fs := flag.NewFlagSet("dockward", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -61,7 +61,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 // runCheck validates a config without touching Docker: `dockward check
 // -config PATH` exits 0 when the file is valid. Ansible's validate: uses it.
-func runCheck(args []string, stdout, stderr io.Writer) error {
+func runCheck(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("dockward check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", config.DefaultPath, "path of the JSON config file")
@@ -75,7 +75,7 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 		// Accept `dockward check FILE` too.
 		*configPath = fs.Arg(0)
 	}
-	cfg, err := loadFull(*configPath)
+	cfg, err := loadFull(*configPath, getenv)
 	if err != nil {
 		return err
 	}
@@ -90,12 +90,12 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 
 // loadFull loads a config and also checks what other packages parse from it
 // (image references, webhook templates), so `check` catches all of it.
-func loadFull(path string) (*config.Config, error) {
+func loadFull(path string, getenv func(string) string) (*config.Config, error) {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := notify.New(cfg.Notifications, slog.New(slog.DiscardHandler)); err != nil {
+	if _, err := notify.New(cfg.Notifications, slog.New(slog.DiscardHandler), notify.WithGetenv(getenv)); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	return cfg, nil
@@ -111,6 +111,9 @@ func newLogger(level string, w io.Writer) *slog.Logger {
 func serve(ctx context.Context, cfg *config.Config, configPath string, getenv func(string) string, stderr io.Writer) error {
 	started := time.Now()
 	logger := newLogger(cfg.LogLevel, stderr)
+	// A failing part (the API server) stops the others too.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 
 	store, err := state.Open(cfg.StatePath(getenv))
 	if err != nil {
@@ -130,7 +133,7 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 	if err != nil {
 		return err
 	}
-	dispatcher, err := notify.New(cfg.Notifications, logger)
+	dispatcher, err := notify.New(cfg.Notifications, logger, notify.WithGetenv(getenv))
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ package notify
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -195,6 +196,7 @@ type Dispatcher struct {
 	opts     options
 	channels []*channel
 	running  atomic.Bool
+	stopped  atomic.Bool // Run has returned
 }
 
 // New builds one sender per configured channel. It parses and trial-renders
@@ -211,7 +213,7 @@ func New(cfg config.Notifications, logger *slog.Logger, opts ...Option) (*Dispat
 	if o.httpClient == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()
 		if o.rootCAs != nil {
-			t.TLSClientConfig.RootCAs = o.rootCAs
+			t.TLSClientConfig = &tls.Config{RootCAs: o.rootCAs, MinVersion: tls.VersionTLS12}
 		}
 		o.httpClient = &http.Client{Transport: t}
 	}
@@ -258,8 +260,8 @@ func New(cfg config.Notifications, logger *slog.Logger, opts ...Option) (*Dispat
 
 // Send queues a for every channel whose min_level it meets. It never
 // blocks: when a channel's queue is full the alert is dropped for that
-// channel, logged and counted as a failure. Alerts sent after Run has
-// returned are not delivered.
+// channel, logged and counted as a failure; so is an alert sent after Run
+// has returned. Alerts sent before Run starts wait in the queue.
 func (d *Dispatcher) Send(a Alert) {
 	if a.Host == "" {
 		a.Host = d.opts.hostname
@@ -267,8 +269,15 @@ func (d *Dispatcher) Send(a Alert) {
 	if a.Time.IsZero() {
 		a.Time = d.opts.now()
 	}
+	stopped := d.stopped.Load()
 	for _, c := range d.channels {
 		if a.Level < c.min {
+			continue
+		}
+		if stopped {
+			c.failed.Add(1)
+			d.log.Error("notification dropped: dispatcher has stopped",
+				"channel", c.name, "event", a.Event, "service", a.Service)
 			continue
 		}
 		select {
@@ -292,6 +301,8 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	// Deliveries outlive ctx by up to the flush timeout.
 	deliverCtx, cancelDeliver := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelDeliver(nil)
+
+	defer d.stopped.Store(true)
 
 	var wg sync.WaitGroup
 	for _, c := range d.channels {

@@ -102,7 +102,7 @@ func newWebhook(c config.Webhook, field string, o options) (*webhook, error) {
 		}
 		w.header.Set(k, v)
 	}
-	if w.header.Get("Content-Type") == "" {
+	if w.header.Get("Content-Type") == "" && w.method != http.MethodGet {
 		w.header.Set("Content-Type", "application/json")
 	}
 	if c.Body != "" {

@@ -114,7 +114,7 @@ type Discord struct {
 func StartDiscord(t testing.TB) *Discord {
 	t.Helper()
 	d := &Discord{path: "/api/webhooks/123456789012345678/notifytest-token"}
-	d.start(t, d)
+	d.start(t, http.HandlerFunc(d.serve))
 	t.Cleanup(func() {
 		d.mu.Lock()
 		defer d.mu.Unlock()
@@ -143,7 +143,7 @@ func (d *Discord) WaitMessages(t testing.TB, n int) []DiscordMessage {
 	return d.Messages()
 }
 
-func (d *Discord) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+func (d *Discord) serve(w http.ResponseWriter, req *http.Request) {
 	now := time.Now()
 	body, err := io.ReadAll(io.LimitReader(req.Body, 1<<20))
 	resp, scripted := d.arrive(now)
@@ -208,7 +208,7 @@ func ParseDiscord(contentType string, body []byte) (DiscordMessage, error) {
 	var p []string
 	bad := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
 	limit := func(field, s string, n int) int {
-		l := Len(s)
+		l := DiscordLen(s)
 		if l > n {
 			bad("%s is %d characters, limit %d", field, l, n)
 		}
@@ -270,9 +270,9 @@ func ParseDiscord(contentType string, body []byte) (DiscordMessage, error) {
 	return m, nil
 }
 
-// Len counts characters as UTF-16 code units, the stricter reading of
+// DiscordLen counts characters as UTF-16 code units, the stricter reading of
 // Discord's limits.
-func Len(s string) int {
+func DiscordLen(s string) int {
 	n := 0
 	for _, r := range s {
 		n++

@@ -29,7 +29,7 @@ type Webhook struct {
 func StartWebhook(t testing.TB) *Webhook {
 	t.Helper()
 	w := &Webhook{}
-	w.start(t, w)
+	w.start(t, http.HandlerFunc(w.serve))
 	return w
 }
 
@@ -51,7 +51,7 @@ func (w *Webhook) WaitRequests(t testing.TB, n int) []Request {
 	return w.Requests()
 }
 
-func (w *Webhook) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
+func (w *Webhook) serve(rw http.ResponseWriter, req *http.Request) {
 	now := time.Now()
 	body, _ := io.ReadAll(io.LimitReader(req.Body, 1<<20))
 	resp, scripted := w.arrive(now)
