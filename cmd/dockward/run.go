@@ -146,6 +146,10 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 	if err != nil {
 		return err
 	}
+	healer := watcher.NewHealer(cfg, watcher.HealerDeps{
+		Logger: logger, Engine: engine, Guard: updater,
+		Notify: dispatcher, Store: store, Metrics: metrics,
+	})
 
 	// Bind before anything runs so a taken port is an error at start.
 	addr := net.JoinHostPort("127.0.0.1", string(cfg.API.Port))
@@ -176,10 +180,14 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 	go func() { serveErr <- srv.Serve(ln) }()
 
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		updater.Run(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		healer.Run(ctx)
 	}()
 
 	select {
@@ -187,6 +195,7 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 	case err := <-serveErr:
 		logger.Error("api server stopped", "err", err)
 	}
+	cancel()
 	logger.Info("stopping: no new deploys; waiting for deploys in flight")
 	wg.Wait()
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)

@@ -370,6 +370,15 @@ func (u *Updater) Trigger(name string) (<-chan Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	// An operator asking for a deploy re-arms an auto-heal that gave up.
+	if u.store.Get(name).Heal.GaveUp {
+		if err := ResetHeal(u.store, name); err != nil {
+			u.logger.Error("re-arm auto-heal", "service", name, "err", err)
+		} else {
+			u.metrics.SetGaveUp(name, false)
+			u.logger.Info("auto-heal re-armed by a triggered deploy", "service", name)
+		}
+	}
 	out := make(chan Result, 1)
 	go func() {
 		defer u.release(s)
