@@ -44,7 +44,7 @@ func (n *Notifier) Enabled() bool {
 
 // Notify sends state, one or more newline-separated KEY=VALUE assignments,
 // as a single datagram. It returns nil without doing anything when
-// NOTIFY_SOCKET was unset. ctx bounds the write.
+// NOTIFY_SOCKET was unset. ctx bounds the send; a cancelled ctx fails it.
 func (n *Notifier) Notify(ctx context.Context, state string) error {
 	if !n.Enabled() {
 		return nil
@@ -73,6 +73,8 @@ func (n *Notifier) Ready(ctx context.Context) error {
 }
 
 // Stopping tells the service manager that a graceful shutdown has begun.
+// It is usually sent once the root context is cancelled, so pass one that
+// is not: context.WithoutCancel(ctx). A cancelled ctx fails the send.
 func (n *Notifier) Stopping(ctx context.Context) error {
 	return n.Notify(ctx, stateStopping)
 }
