@@ -10,14 +10,20 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
+	"reflect"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/dockward/dockward/internal/compose"
 	"github.com/dockward/dockward/internal/config"
 	"github.com/dockward/dockward/internal/docker"
+	"github.com/dockward/dockward/internal/journal"
 	"github.com/dockward/dockward/internal/notify"
 	"github.com/dockward/dockward/internal/registry"
+	"github.com/dockward/dockward/internal/sdnotify"
 	"github.com/dockward/dockward/internal/state"
 	"github.com/dockward/dockward/internal/watcher"
 )
@@ -101,19 +107,20 @@ func loadFull(path string, getenv func(string) string) (*config.Config, error) {
 	return cfg, nil
 }
 
-func newLogger(level string, w io.Writer) *slog.Logger {
-	var l slog.Level
-	_ = l.UnmarshalText([]byte(level)) // validated by config
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
-}
-
 // serve wires the parts together and runs them until ctx is done.
 func serve(ctx context.Context, cfg *config.Config, configPath string, getenv func(string) string, stderr io.Writer) error {
 	started := time.Now()
-	logger := newLogger(cfg.LogLevel, stderr)
+	level := new(slog.LevelVar)
+	level.UnmarshalText([]byte(cfg.LogLevel)) // validated by config
+	logger := slog.New(journal.NewHandler(stderr, getenv, level))
+	sd := sdnotify.New(getenv)
 	// A failing part (the API server) stops the others too.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// SIGHUP is caught before READY=1: its default action would kill us.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 
 	store, err := state.Open(cfg.StatePath(getenv))
 	if err != nil {
@@ -189,21 +196,96 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 		defer wg.Done()
 		healer.Run(ctx)
 	}()
+	notifyErr := func(err error) {
+		if err != nil {
+			logger.Debug("sd_notify", "err", err)
+		}
+	}
+	notifyErr(sd.Ready(ctx))
+	notifyErr(sd.Status(ctx, fmt.Sprintf("watching %d services", len(cfg.Services))))
 
-	select {
-	case <-ctx.Done():
-	case err := <-serveErr:
-		logger.Error("api server stopped", "err", err)
+	var watchdog <-chan time.Time
+	if interval, ok := sdnotify.WatchdogInterval(getenv); ok {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		watchdog = t.C
+	}
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case err := <-serveErr:
+			logger.Error("api server stopped", "err", err)
+			break loop
+		case <-watchdog:
+			notifyErr(sd.Watchdog(ctx))
+		case <-hup:
+			notifyErr(sd.Reloading(ctx))
+			next, err := reload(cfg, configPath, getenv, updater, healer, logger)
+			if err != nil {
+				logger.Error("config reload failed; keeping the running config", "config", configPath, "err", err)
+				dispatcher.Send(notify.Alert{Event: notify.ConfigReloadFailed, Level: notify.Warning,
+					Message: "config reload failed; dockward keeps the running config", Reason: err.Error()})
+			} else {
+				cfg = next
+				level.UnmarshalText([]byte(cfg.LogLevel))
+				dispatcher.Send(notify.Alert{Event: notify.ConfigReloaded, Level: notify.Info,
+					Message: fmt.Sprintf("config reloaded: %d services", len(cfg.Services))})
+			}
+			notifyErr(sd.Ready(ctx))
+			notifyErr(sd.Status(ctx, fmt.Sprintf("watching %d services", len(cfg.Services))))
+		}
 	}
 	cancel()
+	notifyErr(sd.Stopping(context.WithoutCancel(ctx)))
 	logger.Info("stopping: no new deploys; waiting for deploys in flight")
 	wg.Wait()
-	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
+	shutdownCtx, cancelShutdown := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancelShutdown()
 	srv.Shutdown(shutdownCtx)
 	dispatcher.Send(notify.Alert{Event: notify.Stopping, Level: notify.Info, Message: "dockward stopping"})
 	stopNotify()
 	notifyWG.Wait()
 	logger.Info("stopped")
 	return nil
+}
+
+// reload validates the config file again and applies what can change while
+// running: services, intervals, heal settings and the log level. Settings
+// that need a restart are reported and keep their running values.
+func reload(running *config.Config, path string, getenv func(string) string, u *watcher.Updater, h *watcher.Healer, logger *slog.Logger) (*config.Config, error) {
+	next, err := loadFull(path, getenv)
+	if err != nil {
+		return nil, err
+	}
+	var fixed []string
+	if next.API != running.API {
+		fixed = append(fixed, "api")
+	}
+	if next.Registry.URL != running.Registry.URL || next.Registry.Timeout != running.Registry.Timeout {
+		fixed = append(fixed, "registry.url/timeout")
+	}
+	if next.Docker.Socket != running.Docker.Socket || next.Docker.ComposeTimeout != running.Docker.ComposeTimeout ||
+		strings.Join(next.Docker.ComposeCommand, " ") != strings.Join(running.Docker.ComposeCommand, " ") {
+		fixed = append(fixed, "docker")
+	}
+	if next.StatePath(getenv) != running.StatePath(getenv) {
+		fixed = append(fixed, "state_file")
+	}
+	if !reflect.DeepEqual(next.Notifications, running.Notifications) {
+		fixed = append(fixed, "notifications")
+	}
+	if len(fixed) > 0 {
+		logger.Warn("config reload: these settings take effect only after a restart of dockward", "settings", strings.Join(fixed, ", "))
+		next.API, next.Notifications, next.StateFile = running.API, running.Notifications, running.StateFile
+		next.Registry.URL, next.Registry.Timeout = running.Registry.URL, running.Registry.Timeout
+		next.Docker.Socket, next.Docker.ComposeTimeout, next.Docker.ComposeCommand = running.Docker.Socket, running.Docker.ComposeTimeout, running.Docker.ComposeCommand
+	}
+	if err := u.SetConfig(next); err != nil {
+		return nil, err
+	}
+	h.SetConfig(next)
+	logger.Info("config reloaded", "config", path, "services", len(next.Services))
+	return next, nil
 }

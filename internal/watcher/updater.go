@@ -194,13 +194,12 @@ func (u *Updater) SetConfig(cfg *config.Config) error {
 	u.services = next
 	u.order = order
 	u.pollInterval = cfg.Registry.PollInterval.Duration()
-	// A deploy in flight gets its grace period to finish, plus time for a
-	// rollback and its own grace period, before a stop cancels it.
+	// A deploy in flight gets its grace period to finish, plus a rollback
+	// and its own grace period, before a stop cancels it. systemd's
+	// TimeoutStopSec (180s in the shipped unit) must exceed this.
 	u.stopBound = 0
 	for _, s := range cfg.Services {
-		if b := 2*s.HealthGrace.Duration() + 2*cfg.Docker.ComposeTimeout.Duration(); b > u.stopBound {
-			u.stopBound = b
-		}
+		u.stopBound = max(u.stopBound, 2*s.HealthGrace.Duration()+30*time.Second)
 	}
 	select {
 	case u.reloaded <- struct{}{}:
@@ -276,6 +275,7 @@ func (u *Updater) Run(ctx context.Context) error {
 	u.mu.Unlock()
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
+	u.resume(ctx)
 	u.PollAll(ctx)
 	for {
 		select {
@@ -315,6 +315,47 @@ func (u *Updater) shutdown() error {
 	}
 	u.stopDeploys()
 	return nil
+}
+
+// resume finishes deploys that a previous run left half done (killed, power
+// lost): it verifies what runs now, and rolls back if that fails.
+func (u *Updater) resume(ctx context.Context) {
+	for _, name := range u.Services() {
+		d := u.store.Get(name).Deploy
+		if d == nil {
+			continue
+		}
+		s, err := u.acquire(name)
+		if err != nil {
+			continue
+		}
+		log := u.logger.With("service", name)
+		log.Warn("the previous run stopped during a deploy; verifying what runs now", "digest", d.Digest, "started", d.Started)
+		p := &plan{remote: d.Digest, current: current{imageID: d.RollbackImage}, started: u.now()}
+		res := Result{Service: name, Digest: d.Digest}
+		finish := func(o Outcome, reason string) Result {
+			res.Outcome, res.Reason = o, reason
+			res.Seconds = u.now().Sub(p.started).Seconds()
+			return res
+		}
+		ok, why := u.verify(u.deployCtx, s)
+		switch {
+		case ok:
+			log.Info("interrupted deploy verified healthy", "digest", d.Digest)
+			u.metrics.Update(name)
+			res = finish(Deployed, "")
+		case u.deployCtx.Err() != nil:
+			u.release(s)
+			return
+		default:
+			res = u.rollback(u.deployCtx, s, p, res, "interrupted deploy: "+why, finish)
+		}
+		if err := u.store.Update(name, func(st *state.Service) { st.Deploy = nil }); err != nil {
+			log.Error("clear in-flight deploy record", "err", err)
+		}
+		u.logResult(res)
+		u.release(s)
+	}
 }
 
 // PollAll checks every auto_update service once. A service that is already
@@ -381,13 +422,15 @@ func (u *Updater) Trigger(name string) (<-chan Result, error) {
 	}
 	out := make(chan Result, 1)
 	go func() {
-		defer u.release(s)
 		ctx := u.deployCtx
 		p, res := u.check(ctx, s)
 		if p != nil {
 			res = u.deploy(ctx, s, p)
 		}
 		u.logResult(res)
+		// Free the guard before the result is out: a caller that triggers
+		// again as soon as it has the result must not be told it is busy.
+		u.release(s)
 		out <- res
 	}()
 	return out, nil
