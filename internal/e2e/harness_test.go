@@ -95,7 +95,10 @@ type scenario struct {
 	// settings used when dockward starts
 	pollInterval float64
 	grace        float64
-	restart      string // compose restart policy
+	restart      string         // compose restart policy
+	service      map[string]any // extra fields of the service's config
+	socket       string         // docker.socket, when not the default
+	env          []string       // extra environment of the dockward process
 
 	proc *process
 }
@@ -187,7 +190,7 @@ func (s *scenario) config() map[string]any {
 		"api":        map[string]any{"port": strconv.Itoa(s.apiPort)},
 		"state_file": filepath.Join(s.dir, "state", "state.json"),
 		"log_level":  "debug",
-		"docker":     map[string]any{"compose_timeout": 120},
+		"docker":     s.dockerConfig(),
 		"notifications": map[string]any{
 			"webhooks": []map[string]any{{
 				"name":    "e2e",
@@ -196,16 +199,32 @@ func (s *scenario) config() map[string]any {
 				"body":    `{"service": {{json .Service}}, "event": {{json .Event}}, "level": {{json .Level}}, "digest": {{json .Digest}}, "message": {{json .Message}}, "reason": {{json .Reason}}}`,
 			}},
 		},
-		"services": []map[string]any{{
-			"name":                 s.name,
-			"image":                s.repo + ":latest",
-			"compose_file":         s.compose,
-			"compose_project":      s.project,
-			"auto_update":          true,
-			"health_grace":         s.grace,
-			"health_poll_interval": 0.25,
-		}},
+		"services": []map[string]any{s.serviceConfig()},
 	}
+}
+
+func (s *scenario) dockerConfig() map[string]any {
+	c := map[string]any{"compose_timeout": 120, "stop_timeout": 2}
+	if s.socket != "" {
+		c["socket"] = s.socket
+	}
+	return c
+}
+
+func (s *scenario) serviceConfig() map[string]any {
+	c := map[string]any{
+		"name":                 s.name,
+		"image":                s.repo + ":latest",
+		"compose_file":         s.compose,
+		"compose_project":      s.project,
+		"auto_update":          true,
+		"health_grace":         s.grace,
+		"health_poll_interval": 0.25,
+	}
+	for k, v := range s.service {
+		c[k] = v
+	}
+	return c
 }
 
 // start runs dockward with the scenario's config and waits for /health.
@@ -223,7 +242,7 @@ func (s *scenario) start() {
 	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
 		s.t.Fatal(err)
 	}
-	s.proc = startProcess(s.t, dockwardBin, "-config", cfgPath)
+	s.proc = startProcess(s.t, s.env, dockwardBin, "-config", cfgPath)
 	s.waitFor(20*time.Second, "dockward to answer /health", func() (bool, string) {
 		if exited, err := s.proc.exited(); exited {
 			s.t.Fatalf("dockward exited during start: %v\n%s", err, s.proc.logs())
@@ -480,13 +499,13 @@ type process struct {
 	err  error
 }
 
-func startProcess(t *testing.T, bin string, args ...string) *process {
+func startProcess(t *testing.T, env []string, bin string, args ...string) *process {
 	t.Helper()
 	p := &process{out: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout = p.out
 	p.cmd.Stderr = p.out
-	p.cmd.Env = os.Environ()
+	p.cmd.Env = append(os.Environ(), env...)
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", bin, err)
 	}

@@ -7,7 +7,8 @@
 //	APP_MODE=crash      exits with code 3 after APP_CRASH_AFTER (default 300ms)
 //
 // `testapp -check` is the image's healthcheck. `testapp -sick` (run with
-// docker exec) makes a healthy container turn unhealthy until it restarts.
+// docker exec) makes a healthy container turn unhealthy until it restarts;
+// `testapp -crash` makes it exit with code 3.
 package main
 
 import (
@@ -19,18 +20,26 @@ import (
 	"time"
 )
 
-const sickFile = "/tmp/sick"
+const (
+	sickFile  = "/tmp/sick"
+	crashFile = "/tmp/crash"
+)
 
 func main() {
 	check := flag.Bool("check", false, "run the healthcheck")
 	sick := flag.Bool("sick", false, "make the running app unhealthy")
+	crash := flag.Bool("crash", false, "make the running app exit with code 3")
 	flag.Parse()
 	mode := os.Getenv("APP_MODE")
 	switch {
 	case *check:
 		os.Exit(healthcheck(mode))
-	case *sick:
-		if err := os.WriteFile(sickFile, []byte("sick\n"), 0o644); err != nil {
+	case *sick, *crash:
+		file := sickFile
+		if *crash {
+			file = crashFile
+		}
+		if err := os.WriteFile(file, []byte("1\n"), 0o644); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
@@ -39,6 +48,7 @@ func main() {
 	// A restart starts healthy again: that is what a heal restart fixes.
 	os.MkdirAll("/tmp", 0o1777)
 	os.Remove(sickFile)
+	os.Remove(crashFile)
 	fmt.Printf("testapp starting in mode %q\n", mode)
 	if mode == "crash" {
 		after, err := time.ParseDuration(os.Getenv("APP_CRASH_AFTER"))
@@ -51,8 +61,19 @@ func main() {
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
-	fmt.Println("testapp stopping")
+	tick := time.NewTicker(100 * time.Millisecond)
+	for {
+		select {
+		case <-sig:
+			fmt.Println("testapp stopping")
+			return
+		case <-tick.C:
+			if _, err := os.Stat(crashFile); err == nil {
+				fmt.Fprintln(os.Stderr, "panic: runtime error: invalid memory address or nil pointer dereference")
+				os.Exit(3)
+			}
+		}
+	}
 }
 
 func healthcheck(mode string) int {
