@@ -484,4 +484,3 @@ func firstLine(s string) string {
 	}
 	return s
 }
-
