@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -106,6 +107,9 @@ type scenario struct {
 func newScenario(t *testing.T, name string) *scenario {
 	t.Helper()
 	reg := registrytest.Start(t)
+	// A random suffix keeps concurrent runs of the suite (two developers,
+	// or a rerun while an old one cleans up) out of each other's projects.
+	suffix := fmt.Sprintf("%04x", rand.N(1<<16))
 	s := &scenario{
 		t:            t,
 		name:         name,
@@ -113,7 +117,7 @@ func newScenario(t *testing.T, name string) *scenario {
 		host:         strings.TrimPrefix(reg, "http://"),
 		repo:         "e2e/" + name,
 		dir:          t.TempDir(),
-		project:      "dwe2e-" + name,
+		project:      "dwe2e-" + name + "-" + suffix,
 		hooks:        startHookReceiver(t),
 		pollInterval: 1,
 		grace:        8,

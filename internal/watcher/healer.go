@@ -132,7 +132,7 @@ func (h *Healer) services() []config.Service {
 func (h *Healer) Run(ctx context.Context) error {
 	filters := map[string][]string{
 		"type":  {"container"},
-		"event": {"health_status", "die", "kill", "stop", "start"},
+		"event": {"health_status", "die", "kill", "start"},
 		// Label filters are ANDed by the engine, so match the key here and
 		// the project in handle.
 		"label": {docker.LabelProject},
@@ -218,12 +218,17 @@ func (h *Healer) handle(ctx context.Context, ev docker.Event) {
 	}
 	log := h.logger.With("service", s.Name, "container", ev.Attributes["name"])
 	switch ev.Action {
-	case "kill", "stop":
+	case "kill":
+		// docker stop, compose down and restarts signal before the die.
 		h.mu.Lock()
 		h.stopped[ev.ID] = h.now()
 		h.mu.Unlock()
 		return
 	case "start":
+		// A die after a fresh start is a crash unless a new kill comes first.
+		h.mu.Lock()
+		delete(h.stopped, ev.ID)
+		h.mu.Unlock()
 		return
 	case "die":
 		h.died(ctx, s, ev, log)
@@ -313,7 +318,10 @@ func (h *Healer) heal(ctx context.Context, s config.Service, d docker.ContainerD
 		return
 	}
 	if h.guard.Busy(s.Name) {
-		log.Debug("container is unhealthy during a deploy; the deploy handles it")
+		// A deploy's verification handles it; if it was only a poll's
+		// check, look again shortly.
+		log.Debug("container is unhealthy while the service is being checked or deployed; looking again shortly")
+		h.recheckAfter(d.ID, s.HealthPollInterval.Duration())
 		return
 	}
 	h.mu.Lock()
