@@ -66,6 +66,7 @@ type Event string
 const (
 	UpdateStarted      Event = "update_started"
 	UpdateSucceeded    Event = "update_succeeded"
+	UpdateFailed       Event = "update_failed" // failed before anything changed (pull)
 	Rollback           Event = "rollback"
 	RollbackFailed     Event = "rollback_failed"
 	Blocked            Event = "blocked"

@@ -331,6 +331,15 @@ func (u *Updater) resume(ctx context.Context) {
 		}
 		log := u.logger.With("service", name)
 		log.Warn("the previous run stopped during a deploy; verifying what runs now", "digest", d.Digest, "started", d.Started)
+		if cur, err := u.current(ctx, s); err == nil && !contains(cur.digests, d.Digest) && cur.imageID == d.RollbackImage && d.RollbackImage != "" {
+			// The previous version never stopped running: nothing to finish.
+			log.Info("the interrupted deploy had not switched versions; the next poll retries it")
+			if err := u.store.Update(name, func(st *state.Service) { st.Deploy = nil }); err != nil {
+				log.Error("clear in-flight deploy record", "err", err)
+			}
+			u.release(s)
+			continue
+		}
 		p := &plan{remote: d.Digest, current: current{imageID: d.RollbackImage}, started: u.now()}
 		res := Result{Service: name, Digest: d.Digest}
 		finish := func(o Outcome, reason string) Result {
@@ -470,6 +479,11 @@ func (u *Updater) check(ctx context.Context, s *service) (*plan, Result) {
 	res := Result{Service: name}
 
 	remote, err := u.registry.Digest(ctx, s.ref.Repository, s.ref.Tag)
+	if err != nil && ctx.Err() != nil {
+		// Stopped: not a registry failure.
+		res.Outcome, res.Reason = CheckFailed, err.Error()
+		return nil, res
+	}
 	if err != nil {
 		kind := registry.Kind(err)
 		u.metrics.RegistryError(name, kind)
@@ -687,7 +701,7 @@ func (u *Updater) deploy(ctx context.Context, s *service, p *plan) Result {
 		// Nothing was changed yet: the running version stays. A pull failure
 		// is usually transient, so the digest is not blocked.
 		log.Error("pull failed; the running version stays", "err", err)
-		u.notify.Send(notify.Alert{Service: name, Event: notify.RollbackFailed, Level: notify.Warning, Digest: p.remote, Image: s.ref.Local(),
+		u.notify.Send(notify.Alert{Service: name, Event: notify.UpdateFailed, Level: notify.Warning, Digest: p.remote, Image: s.ref.Local(),
 			Message: fmt.Sprintf("%s: pulling %s failed; the running version stays and the next poll retries", name, short(p.remote)),
 			Reason:  err.Error()})
 		return finish(CheckFailed, "pull: "+err.Error())
@@ -740,6 +754,12 @@ func (u *Updater) rollback(ctx context.Context, s *service, p *plan, res Result,
 		Reason:  reason})
 
 	fail := func(why string) Result {
+		if ctx.Err() != nil {
+			// Stopped, not failed: the in-flight record stays and the next
+			// start verifies what runs.
+			log.Warn("stopped during rollback; the next start resumes it", "reason", why)
+			return finish(CheckFailed, reason+"; stopped during rollback: "+why)
+		}
 		u.metrics.Failure(name)
 		log.Error("rollback failed; service needs an operator", "reason", why)
 		u.notify.Send(notify.Alert{Service: name, Event: notify.RollbackFailed, Level: notify.Critical, Digest: res.Digest, Image: s.ref.Local(),
