@@ -378,8 +378,16 @@ func (s *scenario) running() []string {
 	ids := strings.Fields(docker(s.t, "ps", "-q", "--filter", "label=com.docker.compose.project="+s.project, "--filter", "status=running"))
 	var digests []string
 	for _, id := range ids {
-		img := strings.TrimSpace(docker(s.t, "inspect", "-f", "{{.Image}}", id))
-		out := docker(s.t, "image", "inspect", "-f", "{{json .RepoDigests}}", img)
+		// A container may be removed between ps and inspect (compose
+		// recreating it): skip it, the caller polls again.
+		img, err := tryDocker("inspect", "-f", "{{.Image}}", id)
+		if err != nil {
+			continue
+		}
+		out, err := tryDocker("image", "inspect", "-f", "{{json .RepoDigests}}", strings.TrimSpace(img))
+		if err != nil {
+			continue
+		}
 		var rds []string
 		if err := json.Unmarshal([]byte(out), &rds); err != nil {
 			s.t.Fatalf("decode RepoDigests %q: %v", out, err)
@@ -399,7 +407,11 @@ func (s *scenario) health() string {
 	ids := strings.Fields(docker(s.t, "ps", "-aq", "--filter", "label=com.docker.compose.project="+s.project))
 	var st []string
 	for _, id := range ids {
-		st = append(st, strings.TrimSpace(docker(s.t, "inspect", "-f", "{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}", id)))
+		out, err := tryDocker("inspect", "-f", "{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}", id)
+		if err != nil {
+			continue // removed since ps
+		}
+		st = append(st, strings.TrimSpace(out))
 	}
 	return strings.Join(st, ",")
 }
@@ -580,6 +592,14 @@ lines:
 func docker(t *testing.T, args ...string) string {
 	t.Helper()
 	return runTool(t, "docker", args...)
+}
+
+// tryDocker runs the docker CLI and returns its error instead of failing.
+func tryDocker(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "docker", args...).Output()
+	return string(out), err
 }
 
 func compose(t *testing.T, args ...string) string {
