@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/dockward/dockward/internal/notify/notifytest"
 )
 
 // A good push goes live on the next poll, the old image is kept as
@@ -55,6 +57,15 @@ func TestGoodPushIsDeployed(t *testing.T) {
 func TestUnhealthyPushIsRolledBackAndBlocked(t *testing.T) {
 	t.Parallel()
 	s := newScenario(t, "unhealthy")
+	// The rollback must reach a receiver that checks Discord's contract and
+	// a real SMTP server too.
+	discord := notifytest.StartDiscord(t)
+	smtpHost, smtpPort, mails := notifytest.StartSMTP(t)
+	s.notify = map[string]any{
+		"discord": map[string]any{"webhook_url": discord.URL(), "min_level": "warning"},
+		"smtp": map[string]any{"host": smtpHost, "port": smtpPort, "tls": "none", "min_level": "warning",
+			"from": "dockward@example.test", "to": []string{"ops@example.test", "oncall@example.test"}},
+	}
 	v1 := s.push(healthyImage)
 	s.up()
 	s.start()
@@ -75,6 +86,18 @@ func TestUnhealthyPushIsRolledBackAndBlocked(t *testing.T) {
 	if rb.Digest != bad || rb.Level != "warning" {
 		t.Errorf("rollback notification = %+v, want digest %s level warning", rb, bad)
 	}
+	s.waitFor(20*time.Second, "the rollback on Discord and by mail", func() (bool, string) {
+		var onDiscord, byMail bool
+		for _, m := range discord.Messages() {
+			for _, e := range m.Embeds {
+				onDiscord = onDiscord || strings.Contains(e.Title+e.Description, "rolled back")
+			}
+		}
+		for _, m := range mails() {
+			byMail = byMail || (strings.Contains(m.Subject, "rollback") && strings.Contains(m.Body, "database connection refused") && len(m.To) == 2)
+		}
+		return onDiscord && byMail, fmt.Sprintf("discord %d messages, %d mails", len(discord.Messages()), len(mails()))
+	})
 
 	// Later polls leave the blocked digest alone.
 	s.waitPolls(3)

@@ -100,6 +100,7 @@ type scenario struct {
 	service      map[string]any // extra fields of the service's config
 	socket       string         // docker.socket, when not the default
 	env          []string       // extra environment of the dockward process
+	notify       map[string]any // extra notification channels (discord, smtp)
 
 	proc *process
 }
@@ -195,16 +196,24 @@ func (s *scenario) config() map[string]any {
 		"state_file": filepath.Join(s.dir, "state", "state.json"),
 		"log_level":  "debug",
 		"docker":     s.dockerConfig(),
-		"notifications": map[string]any{
-			"webhooks": []map[string]any{{
+		"notifications": s.notifications(),
+		"services":      []map[string]any{s.serviceConfig()},
+	}
+}
+
+func (s *scenario) notifications() map[string]any {
+	n := map[string]any{
+		"webhooks": []map[string]any{{
 				"name":    "e2e",
 				"url":     s.hooks.url,
 				"headers": map[string]string{"X-Scenario": s.name},
 				"body":    `{"service": {{json .Service}}, "event": {{json .Event}}, "level": {{json .Level}}, "digest": {{json .Digest}}, "message": {{json .Message}}, "reason": {{json .Reason}}}`,
-			}},
-		},
-		"services": []map[string]any{s.serviceConfig()},
+		}},
 	}
+	for k, v := range s.notify {
+		n[k] = v
+	}
+	return n
 }
 
 func (s *scenario) dockerConfig() map[string]any {

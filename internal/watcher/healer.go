@@ -146,7 +146,13 @@ func (h *Healer) Run(ctx context.Context) error {
 		if !connected {
 			h.reconcile(ctx)
 		}
+		// The engine replays from since's whole second on: skip what was
+		// handled before this reconnect.
+		seen := since
 		err := h.engine.Events(ctx, filters, since, func(ev docker.Event) {
+			if !seen.IsZero() && !ev.Time.After(seen) {
+				return
+			}
 			if !connected {
 				connected = true
 				backoff = reconnectMin

@@ -342,6 +342,14 @@ func (u *Updater) resume(ctx context.Context) {
 		}
 		p := &plan{remote: d.Digest, current: current{imageID: d.RollbackImage}, started: u.now()}
 		res := Result{Service: name, Digest: d.Digest}
+		// Name the version a rollback goes back to, as a deploy does.
+		if d.RollbackImage != "" {
+			if img, err := u.engine.InspectImage(ctx, d.RollbackImage); err == nil {
+				if ds := repoDigests(img, s.ref.LocalRepo()); len(ds) > 0 {
+					p.current.digests, res.Previous = ds, ds[0]
+				}
+			}
+		}
 		finish := func(o Outcome, reason string) Result {
 			res.Outcome, res.Reason = o, reason
 			res.Seconds = u.now().Sub(p.started).Seconds()
