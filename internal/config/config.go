@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -134,7 +135,7 @@ func (p *Port) UnmarshalJSON(b []byte) error {
 	}
 	var n json.Number
 	if err := json.Unmarshal(b, &n); err != nil {
-		return fmt.Errorf("port must be a string or a number")
+		return typeError(b, reflect.TypeFor[string]())
 	}
 	*p = Port(n.String())
 	return nil
@@ -152,10 +153,29 @@ func (l *StringList) UnmarshalJSON(b []byte) error {
 	}
 	var list []string
 	if err := json.Unmarshal(b, &list); err != nil {
-		return fmt.Errorf("must be a string or a list of strings")
+		return typeError(b, reflect.TypeFor[[]string]())
 	}
 	*l = list
 	return nil
+}
+
+// typeError reports that b, given to an UnmarshalJSON method, is not a t. The
+// decoder adds the field name; the method cannot know the offset.
+func typeError(b []byte, t reflect.Type) error {
+	kind := "number"
+	if len(b) > 0 {
+		switch b[0] {
+		case '{':
+			kind = "object"
+		case '[':
+			kind = "array"
+		case '"':
+			kind = "string"
+		case 't', 'f':
+			kind = "bool"
+		}
+	}
+	return &json.UnmarshalTypeError{Value: kind, Type: t}
 }
 
 // UnmarshalJSON fills in the defaults before decoding so that a field that is
@@ -169,6 +189,9 @@ func (s *Service) UnmarshalJSON(b []byte) error {
 	*s = Service(p)
 	return nil
 }
+
+// plainService decodes like Service but without its defaults.
+type plainService Service
 
 func defaultService() Service {
 	return Service{
@@ -205,8 +228,23 @@ func Load(path string) (*Config, error) {
 
 // Parse decodes and validates a config document.
 func Parse(b []byte) (*Config, error) {
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nil, errors.New("the file is empty; see config.sample.json")
+	}
 	cfg := Default()
 	if err := decodeStrict(b, &cfg); err != nil {
+		// Service.UnmarshalJSON decodes each service on its own, so offsets in
+		// its type errors count from the service, not the file. Decode the
+		// services again without it to report the right line.
+		var typ *json.UnmarshalTypeError
+		if errors.As(err, &typ) && strings.HasPrefix(typ.Field, "services.") {
+			var plain struct {
+				Services []plainService `json:"services"`
+			}
+			if perr := json.NewDecoder(bytes.NewReader(b)).Decode(&plain); perr != nil {
+				err = perr
+			}
+		}
 		return nil, describeDecodeError(b, err)
 	}
 	if err := cfg.Validate(); err != nil {
@@ -236,11 +274,14 @@ func describeDecodeError(b []byte, err error) error {
 		line, col := position(b, syn.Offset)
 		return fmt.Errorf("line %d, column %d: %w", line, col, err)
 	case errors.As(err, &typ):
-		line, col := position(b, typ.Offset)
 		field := typ.Field
 		if field == "" {
 			field = "value"
 		}
+		if typ.Offset == 0 { // from typeError: no position known
+			return fmt.Errorf("%s: must be %s, not %s", field, typ.Type, typ.Value)
+		}
+		line, col := position(b, typ.Offset)
 		return fmt.Errorf("line %d, column %d: %s: must be %s, not %s", line, col, field, typ.Type, typ.Value)
 	}
 	return err
@@ -252,7 +293,8 @@ func position(b []byte, offset int64) (line, col int) {
 	}
 	before := b[:offset]
 	line = bytes.Count(before, []byte("\n")) + 1
-	col = int(offset) - bytes.LastIndexByte(before, '\n')
+	// The offset counts the byte in error, so that byte is at offset-1.
+	col = max(int(offset)-bytes.LastIndexByte(before, '\n')-1, 1)
 	return line, col
 }
 
@@ -369,6 +411,8 @@ func (c *Config) Validate() error {
 		p.positive(f("heal_verify_delay"), s.HealVerifyDelay)
 		if s.HealCooldown < 0 || math.IsNaN(float64(s.HealCooldown)) {
 			p.add(f("heal_cooldown"), "must not be negative, got %v", float64(s.HealCooldown))
+		} else if float64(s.HealCooldown) >= maxSeconds {
+			p.add(f("heal_cooldown"), "must be less than 292 years, got %v seconds", float64(s.HealCooldown))
 		}
 		if s.HealMaxRestarts < 1 {
 			p.add(f("heal_max_restarts"), "must be at least 1, got %d", s.HealMaxRestarts)
@@ -437,9 +481,16 @@ func (p *problems) add(field, format string, args ...any) {
 	*p = append(*p, field+": "+fmt.Sprintf(format, args...))
 }
 
+// maxSeconds is the first value too large for a time.Duration (292 years).
+const maxSeconds = float64(math.MaxInt64) / float64(time.Second)
+
 func (p *problems) positive(field string, v Seconds) {
-	if !(v > 0) || math.IsInf(float64(v), 0) {
+	switch {
+	case !(v > 0) || math.IsInf(float64(v), 0):
 		p.add(field, "must be a positive number of seconds, got %v", float64(v))
+	case float64(v) >= maxSeconds || v.Duration() <= 0:
+		// Duration would overflow or round to 0, and time.NewTicker panics.
+		p.add(field, "must be at least 1ns and less than 292 years, got %v seconds", float64(v))
 	}
 }
 

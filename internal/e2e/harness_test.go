@@ -191,11 +191,11 @@ func (s *scenario) up() {
 // config is the dockward config of the scenario.
 func (s *scenario) config() map[string]any {
 	return map[string]any{
-		"registry":   map[string]any{"url": s.registry, "poll_interval": s.pollInterval, "timeout": 5},
-		"api":        map[string]any{"port": strconv.Itoa(s.apiPort)},
-		"state_file": filepath.Join(s.dir, "state", "state.json"),
-		"log_level":  "debug",
-		"docker":     s.dockerConfig(),
+		"registry":      map[string]any{"url": s.registry, "poll_interval": s.pollInterval, "timeout": 5},
+		"api":           map[string]any{"port": strconv.Itoa(s.apiPort)},
+		"state_file":    filepath.Join(s.dir, "state", "state.json"),
+		"log_level":     "debug",
+		"docker":        s.dockerConfig(),
 		"notifications": s.notifications(),
 		"services":      []map[string]any{s.serviceConfig()},
 	}
@@ -204,10 +204,10 @@ func (s *scenario) config() map[string]any {
 func (s *scenario) notifications() map[string]any {
 	n := map[string]any{
 		"webhooks": []map[string]any{{
-				"name":    "e2e",
-				"url":     s.hooks.url,
-				"headers": map[string]string{"X-Scenario": s.name},
-				"body":    `{"service": {{json .Service}}, "event": {{json .Event}}, "level": {{json .Level}}, "digest": {{json .Digest}}, "message": {{json .Message}}, "reason": {{json .Reason}}}`,
+			"name":    "e2e",
+			"url":     s.hooks.url,
+			"headers": map[string]string{"X-Scenario": s.name},
+			"body":    `{"service": {{json .Service}}, "event": {{json .Event}}, "level": {{json .Level}}, "digest": {{json .Digest}}, "message": {{json .Message}}, "reason": {{json .Reason}}}`,
 		}},
 	}
 	for k, v := range s.notify {

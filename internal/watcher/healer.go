@@ -33,9 +33,10 @@ type deployGuard interface {
 const (
 	reconnectMin = 500 * time.Millisecond
 	reconnectMax = 30 * time.Second
-	// A die within this long after a kill or stop event was asked for
-	// (docker stop, compose down, a heal restart): not a crash.
-	intentionalWindow = 30 * time.Second
+	// A die within this long after a kill event was asked for (docker
+	// stop, compose down, a heal restart): not a crash. Long, because a
+	// database may take minutes to stop; a start clears the mark anyway.
+	intentionalWindow = 10 * time.Minute
 )
 
 // HealerDeps are the parts the healer works with.
@@ -65,6 +66,7 @@ type Healer struct {
 	// verify failed); the event loop drains it.
 	recheck chan string
 
+	decide      sync.Mutex // held while a restart is decided and recorded
 	mu          sync.Mutex
 	byProject   map[string]config.Service
 	stopTimeout time.Duration
@@ -343,6 +345,10 @@ func (h *Healer) heal(ctx context.Context, s config.Service, d docker.ContainerD
 		h.mu.Unlock()
 	}
 
+	// Two containers of one service turning unhealthy together must not
+	// both pass the cooldown check.
+	h.decide.Lock()
+	defer h.decide.Unlock()
 	st := h.store.Get(s.Name).Heal
 	now := h.now()
 	why := d.State.Health.LastOutput()
@@ -448,9 +454,11 @@ func (h *Healer) giveUp(s config.Service, d docker.ContainerDetails, st state.He
 }
 
 // recovered clears the heal counters once the service is healthy on its own.
+// A failed heal followed by recovery on its own does not count towards
+// giving up weeks later.
 func (h *Healer) recovered(s config.Service, log *slog.Logger) {
 	st := h.store.Get(s.Name).Heal
-	if !st.GaveUp {
+	if !st.GaveUp && st.Consecutive == 0 {
 		return
 	}
 	if err := ResetHeal(h.store, s.Name); err != nil {
@@ -458,7 +466,9 @@ func (h *Healer) recovered(s config.Service, log *slog.Logger) {
 		return
 	}
 	h.metrics.SetGaveUp(s.Name, false)
-	log.Info("service healthy again; auto-heal re-armed")
+	if st.GaveUp {
+		log.Info("service healthy again; auto-heal re-armed")
+	}
 }
 
 // ResetHeal re-arms auto-heal for a service (it is healthy again, or an

@@ -671,7 +671,7 @@ func TestHealDiedAlerts(t *testing.T) {
 		{name: "docker stop", steps: []step{{action: "kill"}, die}, code: 143},
 		{name: "stopped, started, crashed", steps: []step{{action: "kill"}, die, {action: "start"}, die}, code: 3, want: 1,
 			reason: []string{"exit code 3"}},
-		{name: "die long after a kill", steps: []step{{action: "kill"}, {action: "die", wait: 31 * time.Second}}, code: 3, want: 1,
+		{name: "die long after a kill", steps: []step{{action: "kill"}, {action: "die", wait: 11 * time.Minute}}, code: 3, want: 1,
 			reason: []string{"exit code 3"}},
 		{name: "while busy", steps: []step{die}, busy: true, code: 3},
 		{name: "other project", steps: []step{die}, container: "x1", code: 3},
