@@ -334,45 +334,59 @@ func (u *Updater) resume(ctx context.Context) {
 		if cur, err := u.current(ctx, s); err == nil && !contains(cur.digests, d.Digest) && cur.imageID == d.RollbackImage && d.RollbackImage != "" {
 			// The previous version never stopped running: nothing to finish.
 			log.Info("the interrupted deploy had not switched versions; the next poll retries it")
-			if err := u.store.Update(name, func(st *state.Service) { st.Deploy = nil }); err != nil {
-				log.Error("clear in-flight deploy record", "err", err)
-			}
+			u.clearDeploy(name)
 			u.release(s)
 			continue
 		}
-		p := &plan{remote: d.Digest, current: current{imageID: d.RollbackImage}, started: u.now()}
-		res := Result{Service: name, Digest: d.Digest}
-		// Name the version a rollback goes back to, as a deploy does.
-		if d.RollbackImage != "" {
-			if img, err := u.engine.InspectImage(ctx, d.RollbackImage); err == nil {
-				if ds := repoDigests(img, s.ref.LocalRepo()); len(ds) > 0 {
-					p.current.digests, res.Previous = ds, ds[0]
-				}
+		// The rest runs like any deploy in flight: in the background,
+		// holding the guard, and bounded by a stop.
+		go func() {
+			defer u.release(s)
+			u.resumeOne(u.deployCtx, s, *d)
+		}()
+	}
+}
+
+func (u *Updater) clearDeploy(name string) {
+	if err := u.store.Update(name, func(st *state.Service) { st.Deploy = nil }); err != nil {
+		u.logger.Error("clear in-flight deploy record", "service", name, "err", err)
+	}
+}
+
+func (u *Updater) resumeOne(ctx context.Context, s *service, d state.Deploy) {
+	name := s.cfg.Name
+	log := u.logger.With("service", name)
+	p := &plan{remote: d.Digest, current: current{imageID: d.RollbackImage}, started: u.now()}
+	res := Result{Service: name, Digest: d.Digest}
+	// Name the version a rollback goes back to, as a deploy does.
+	if d.RollbackImage != "" {
+		if img, err := u.engine.InspectImage(ctx, d.RollbackImage); err == nil {
+			if ds := repoDigests(img, s.ref.LocalRepo()); len(ds) > 0 {
+				p.current.digests, res.Previous = ds, ds[0]
 			}
 		}
-		finish := func(o Outcome, reason string) Result {
-			res.Outcome, res.Reason = o, reason
-			res.Seconds = u.now().Sub(p.started).Seconds()
-			return res
-		}
-		ok, why := u.verify(u.deployCtx, s)
-		switch {
-		case ok:
-			log.Info("interrupted deploy verified healthy", "digest", d.Digest)
-			u.metrics.Update(name)
-			res = finish(Deployed, "")
-		case u.deployCtx.Err() != nil:
-			u.release(s)
-			return
-		default:
-			res = u.rollback(u.deployCtx, s, p, res, "interrupted deploy: "+why, finish)
-		}
-		if err := u.store.Update(name, func(st *state.Service) { st.Deploy = nil }); err != nil {
-			log.Error("clear in-flight deploy record", "err", err)
-		}
-		u.logResult(res)
-		u.release(s)
 	}
+	finish := func(o Outcome, reason string) Result {
+		res.Outcome, res.Reason = o, reason
+		res.Seconds = u.now().Sub(p.started).Seconds()
+		return res
+	}
+	ok, why := u.verify(ctx, s)
+	switch {
+	case ok:
+		log.Info("interrupted deploy verified healthy", "digest", d.Digest)
+		u.metrics.Update(name)
+		res = finish(Deployed, "")
+	case ctx.Err() != nil:
+		return // stopped again: the record stays for the next start
+	default:
+		res = u.rollback(ctx, s, p, res, "interrupted deploy: "+why, finish)
+		if ctx.Err() != nil {
+			return
+		}
+	}
+	u.clearDeploy(name)
+	u.logResult(res)
 }
 
 // PollAll checks every auto_update service once. A service that is already
