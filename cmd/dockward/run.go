@@ -186,16 +186,19 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
+	// The updater and the healer run until ctx is done; one that returns
+	// earlier is a bug, and the process exits non-zero so that systemd
+	// restarts it rather than pinging the watchdog for a dead loop.
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		updater.Run(ctx)
-	}()
-	go func() {
-		defer wg.Done()
-		healer.Run(ctx)
-	}()
+	partStopped := make(chan string, 2)
+	for name, part := range map[string]func(context.Context) error{"updater": updater.Run, "healer": healer.Run} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			part(ctx)
+			partStopped <- name
+		}()
+	}
 	notifyErr := func(err error) {
 		if err != nil {
 			logger.Debug("sd_notify", "err", err)
@@ -210,6 +213,7 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 		defer t.Stop()
 		watchdog = t.C
 	}
+	var failure error
 loop:
 	for {
 		select {
@@ -217,6 +221,11 @@ loop:
 			break loop
 		case err := <-serveErr:
 			logger.Error("api server stopped", "err", err)
+			failure = fmt.Errorf("api server: %w", err)
+			break loop
+		case name := <-partStopped:
+			logger.Error("stopped unexpectedly; exiting so that it is restarted", "part", name)
+			failure = fmt.Errorf("%s stopped unexpectedly", name)
 			break loop
 		case <-watchdog:
 			notifyErr(sd.Watchdog(ctx))
@@ -248,7 +257,7 @@ loop:
 	stopNotify()
 	notifyWG.Wait()
 	logger.Info("stopped")
-	return nil
+	return failure
 }
 
 // reload validates the config file again and applies what can change while
