@@ -5,6 +5,7 @@ GOFLAGS_BUILD := -trimpath -ldflags "$(LDFLAGS)"
 PREFIX   ?= /usr/local
 # End-to-end scenarios wait on containers, not CPU: run them side by side.
 E2E_PARALLEL ?= 8
+STATICCHECK := $(shell go env GOPATH)/bin/staticcheck
 
 .PHONY: help build release install deps check test unit e2e bench demo clean
 
@@ -35,9 +36,10 @@ check: ## gofmt, go vet, unit tests with -race
 	go vet ./...
 	go test -race -count=1 $$(go list ./... | grep -v /internal/e2e)
 
-test: deps ## everything: gofmt, vet, unit and end-to-end tests against the real engine and registry
+test: deps ## everything: gofmt, vet, staticcheck, unit and end-to-end tests against the real engine and registry
 	@out=$$(gofmt -l cmd internal deploy); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	go vet ./...
+	$(STATICCHECK) ./...
 	go test -race -count=1 -timeout 30m -parallel $(E2E_PARALLEL) ./...
 
 unit: ## unit tests only (no Docker needed)

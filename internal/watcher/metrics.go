@@ -29,7 +29,6 @@ type Metrics struct {
 	services  map[string]*serviceMetrics
 	polls     uint64
 	lastPoll  time.Time
-	lastError map[string]string
 }
 
 type serviceMetrics struct {
