@@ -25,10 +25,10 @@ type Metrics struct {
 	// scrape time so the dispatcher stays the only owner of those counts.
 	notifyFailures func() map[string]uint64
 
-	mu        sync.Mutex
-	services  map[string]*serviceMetrics
-	polls     uint64
-	lastPoll  time.Time
+	mu       sync.Mutex
+	services map[string]*serviceMetrics
+	polls    uint64
+	lastPoll time.Time
 }
 
 type serviceMetrics struct {
