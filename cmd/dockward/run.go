@@ -127,10 +127,10 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 		return err
 	}
 	engine := docker.New(cfg.Docker.Socket, logger)
-	if v, err := engine.Version(ctx); err != nil {
+	// The client logs the engine it negotiated with; an engine that is not
+	// up yet is retried on every call.
+	if _, err := engine.Version(ctx); err != nil {
 		logger.Warn("docker engine not reachable yet; will retry on every poll", "socket", cfg.Docker.Socket, "err", err)
-	} else {
-		logger.Info("docker engine reachable", "socket", cfg.Docker.Socket, "api_version", v)
 	}
 	reg, err := registry.New(cfg.Registry.URL, registry.WithTimeout(cfg.Registry.Timeout.Duration()))
 	if err != nil {
