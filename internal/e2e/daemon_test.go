@@ -543,3 +543,45 @@ func (n *notifySocket) expect(t *testing.T, s *scenario, want string, timeout ti
 		}
 	}
 }
+
+// A second signal while a stop waits for a deploy exits at once, non-zero;
+// the deploy stays recorded so the next start finishes it.
+func TestSecondSignalExitsAtOnce(t *testing.T) {
+	t.Parallel()
+	s := newScenario(t, "twice")
+	s.pollInterval = 3600
+	s.grace = 120
+	s.push(healthyImage)
+	s.up()
+	s.start()
+
+	bad := s.push(image{mode: "unhealthy", startPeriod: "1h"})
+	badID := s.imageID(s.ref("latest"))
+	s.triggerAsync()
+	s.waitFor(60*time.Second, "the bad version to be deployed and running", func() (bool, string) {
+		return s.runsImage(badID)
+	})
+	if err := s.proc.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	s.waitFor(10*time.Second, "the graceful stop to begin", func() (bool, string) {
+		return strings.Contains(s.proc.logs(), "stopping: no new deploys"), "no stop in the log"
+	})
+	sent := time.Now()
+	if err := s.proc.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	err := s.proc.wait(10 * time.Second)
+	t.Logf("second SIGTERM to exit: %v", time.Since(sent).Round(time.Millisecond))
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("exit after a second SIGTERM = %v, want exit status 1", err)
+	}
+	if !strings.Contains(s.proc.logs(), "second signal") {
+		t.Errorf("no word about the second signal in the output:\n%s", s.proc.logs())
+	}
+	if d := s.state().Services[s.name].Deploy; d == nil || d.Digest != bad {
+		t.Errorf("deploy record after the forced exit = %+v, want %s kept for the next start", d, bad)
+	}
+	s.proc = nil
+}
