@@ -142,7 +142,7 @@ func TestCheckBad(t *testing.T) {
   ]
 }`, compose), []string{
 			// An unknown field is a decode error, reported before validation.
-			`json: unknown field "helth"`,
+			`unknown field "helth"`,
 		}},
 		{"several validation problems", fmt.Sprintf(`{
   "registry": {"url": "ftp://localhost:5000", "poll_interval": 0},

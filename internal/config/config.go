@@ -284,6 +284,18 @@ func describeDecodeError(b []byte, err error) error {
 		line, col := position(b, typ.Offset)
 		return fmt.Errorf("line %d, column %d: %s: must be %s, not %s", line, col, field, typ.Type, typ.Value)
 	}
+	// encoding/json gives no position for an unknown field; point at the
+	// first place the key appears, which is where a typo usually is.
+	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		if key, uerr := strconv.Unquote(name); uerr == nil {
+			hint := " (check the spelling; README.md lists every field)"
+			if loc := regexp.MustCompile(regexp.QuoteMeta(strconv.Quote(key)) + `\s*:`).FindIndex(b); loc != nil {
+				line, col := position(b, int64(loc[0])+1)
+				return fmt.Errorf("line %d, column %d: unknown field %q%s", line, col, key, hint)
+			}
+			return fmt.Errorf("unknown field %q%s", key, hint)
+		}
+	}
 	return err
 }
 
