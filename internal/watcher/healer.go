@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,7 +27,7 @@ type healEngine interface {
 // deployGuard tells whether a service is being deployed; the healer leaves
 // such a service alone.
 type deployGuard interface {
-	Busy(name string) bool
+	Deploying(name string) bool
 }
 
 // Backoff bounds for reconnecting to the event stream.
@@ -65,6 +66,9 @@ type Healer struct {
 	// recheck carries container IDs to look at again (a cooldown ended, a
 	// verify failed); the event loop drains it.
 	recheck chan string
+	// work tracks the goroutines Run starts (rechecks, restarts and their
+	// verification), so Run returns only once they are done.
+	work sync.WaitGroup
 
 	decide      sync.Mutex // held while a restart is decided and recorded
 	mu          sync.Mutex
@@ -142,7 +146,12 @@ func (h *Healer) Run(ctx context.Context) error {
 	backoff := reconnectMin
 	var since time.Time
 	connected := false
-	go h.drainRechecks(ctx)
+	defer h.work.Wait()
+	h.work.Add(1)
+	go func() {
+		defer h.work.Done()
+		h.drainRechecks(ctx)
+	}()
 	for {
 		start := h.now()
 		if !connected {
@@ -227,7 +236,11 @@ func (h *Healer) handle(ctx context.Context, ev docker.Event) {
 	log := h.logger.With("service", s.Name, "container", ev.Attributes["name"])
 	switch ev.Action {
 	case "kill":
-		// docker stop, compose down and restarts signal before the die.
+		// docker stop, compose down and restarts signal before the die;
+		// a reload signal (HUP, USR1, …) does not mean a stop.
+		if !stopSignal(ev.Attributes["signal"]) {
+			return
+		}
 		h.mu.Lock()
 		h.stopped[ev.ID] = h.now()
 		h.mu.Unlock()
@@ -271,7 +284,7 @@ func (h *Healer) died(ctx context.Context, s config.Service, ev docker.Event, lo
 		log.Debug("container stopped on purpose", "exit_code", ev.Attributes["exitCode"])
 		return
 	}
-	if h.guard.Busy(s.Name) {
+	if h.guard.Deploying(s.Name) {
 		log.Debug("container died during a deploy; the deploy handles it")
 		return
 	}
@@ -325,10 +338,9 @@ func (h *Healer) heal(ctx context.Context, s config.Service, d docker.ContainerD
 		log.Debug("container is unhealthy; auto_heal is off")
 		return
 	}
-	if h.guard.Busy(s.Name) {
-		// A deploy's verification handles it; if it was only a poll's
-		// check, look again shortly.
-		log.Debug("container is unhealthy while the service is being checked or deployed; looking again shortly")
+	if h.guard.Deploying(s.Name) {
+		// The deploy's verification handles it; look again once it is done.
+		log.Debug("container is unhealthy during a deploy; looking again shortly")
 		h.recheckAfter(d.ID, s.HealthPollInterval.Duration())
 		return
 	}
@@ -384,9 +396,14 @@ func (h *Healer) heal(ctx context.Context, s config.Service, d docker.ContainerD
 	h.stopped[d.ID] = now // the restart's own die is not a crash
 	stopTimeout := h.stopTimeout
 	h.mu.Unlock()
+	h.work.Add(1)
 	go func() {
+		defer h.work.Done()
 		defer done()
-		if err := h.engine.RestartContainer(ctx, d.ID, stopTimeout); err != nil {
+		// A restart that has begun is finished even during a stop, so the
+		// container is not left stopped; the engine bounds it by the stop
+		// timeout.
+		if err := h.engine.RestartContainer(context.WithoutCancel(ctx), d.ID, stopTimeout); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -410,7 +427,12 @@ func (h *Healer) verify(ctx context.Context, s config.Service, d docker.Containe
 	case <-time.After(s.HealVerifyDelay.Duration()):
 	}
 	after, err := h.engine.InspectContainer(ctx, d.ID)
-	status := "gone"
+	if errors.Is(err, docker.ErrNotFound) || h.guard.Deploying(s.Name) || ctx.Err() != nil {
+		// Replaced by a deploy or compose in the meantime: nothing to judge.
+		log.Info("container replaced before the heal could be verified")
+		return
+	}
+	status := "unknown"
 	out := ""
 	if err == nil {
 		status = after.State.Status
@@ -498,6 +520,17 @@ func (h *Healer) recheckAfter(id string, d time.Duration) {
 		default:
 		}
 	})
+}
+
+// stopSignal reports whether a kill event's signal asks the container to
+// stop: SIGTERM, SIGKILL, SIGINT or SIGQUIT (nginx's stop signal), by number
+// or name. An event without a signal counts as a stop.
+func stopSignal(sig string) bool {
+	switch strings.TrimPrefix(strings.ToUpper(sig), "SIG") {
+	case "", "15", "TERM", "9", "KILL", "2", "INT", "3", "QUIT":
+		return true
+	}
+	return false
 }
 
 func firstLine(s string) string {

@@ -53,7 +53,7 @@ type healFakeGuard struct {
 
 var _ deployGuard = (*healFakeGuard)(nil)
 
-func (f *healFakeGuard) Busy(name string) bool { return f.busy(name) }
+func (f *healFakeGuard) Deploying(name string) bool { return f.busy(name) }
 
 // healContainer is one container of a healWorld.
 type healContainer struct {
@@ -652,6 +652,7 @@ func TestHealDiedAlerts(t *testing.T) {
 	type step struct {
 		action string
 		wait   time.Duration // before the event
+		signal string        // of a kill event
 	}
 	die := step{action: "die"}
 	tests := []struct {
@@ -673,7 +674,11 @@ func TestHealDiedAlerts(t *testing.T) {
 			reason: []string{"exit code 3"}},
 		{name: "die long after a kill", steps: []step{{action: "kill"}, {action: "die", wait: 11 * time.Minute}}, code: 3, want: 1,
 			reason: []string{"exit code 3"}},
-		{name: "while busy", steps: []step{die}, busy: true, code: 3},
+		{name: "docker stop, SIGTERM", steps: []step{{action: "kill", signal: "15"}, die}, code: 143},
+		{name: "stopped with SIGQUIT", steps: []step{{action: "kill", signal: "3"}, die}, code: 0},
+		{name: "reload signal, then a crash", steps: []step{{action: "kill", signal: "1"}, die}, code: 139, want: 1,
+			reason: []string{"exit code 139"}},
+		{name: "while deploying", steps: []step{die}, busy: true, code: 3},
 		{name: "other project", steps: []step{die}, container: "x1", code: 3},
 	}
 	for _, tt := range tests {
@@ -687,7 +692,11 @@ func TestHealDiedAlerts(t *testing.T) {
 				w.exit(id, tt.code, tt.oomKilled)
 				for _, s := range tt.steps {
 					time.Sleep(s.wait)
-					w.emit(id, s.action, "exitCode", fmt.Sprint(tt.code))
+					attrs := []string{"exitCode", fmt.Sprint(tt.code)}
+					if s.signal != "" {
+						attrs = append(attrs, "signal", s.signal)
+					}
+					w.emit(id, s.action, attrs...)
 				}
 				alerts := w.Alerts()
 				if len(alerts) != tt.want {

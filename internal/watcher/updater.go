@@ -96,6 +96,10 @@ type service struct {
 // guard lets one check or deploy of a service run at a time.
 type guard struct {
 	busy atomic.Bool
+	// deploying is set while containers are being replaced or verified
+	// (a deploy, a rollback, a resumed deploy), not during a plain check;
+	// the healer leaves the service alone only then.
+	deploying atomic.Bool
 	// lastRegistryError is the kind of the last registry failure, so a
 	// failure is logged when it starts and when it ends, not on every poll.
 	// Only the holder of busy touches it.
@@ -234,11 +238,17 @@ func (u *Updater) Services() []string {
 	return append([]string(nil), u.order...)
 }
 
-// Busy reports whether a check or deploy of the service is running. The
-// healer leaves a busy service alone.
+// Busy reports whether a check or deploy of the service is running.
 func (u *Updater) Busy(name string) bool {
 	s, ok := u.lookup(name)
 	return ok && s.guard.busy.Load()
+}
+
+// Deploying reports whether the service's containers are being replaced or
+// verified by a deploy or rollback. The healer leaves such a service alone.
+func (u *Updater) Deploying(name string) bool {
+	s, ok := u.lookup(name)
+	return ok && s.guard.deploying.Load()
 }
 
 // acquire takes the service's guard. The caller must call release.
@@ -354,6 +364,8 @@ func (u *Updater) clearDeploy(name string) {
 }
 
 func (u *Updater) resumeOne(ctx context.Context, s *service, d state.Deploy) {
+	s.guard.deploying.Store(true)
+	defer s.guard.deploying.Store(false)
 	name := s.cfg.Name
 	log := u.logger.With("service", name)
 	p := &plan{remote: d.Digest, current: current{imageID: d.RollbackImage}, started: u.now()}
@@ -396,24 +408,25 @@ func (u *Updater) PollAll(ctx context.Context) {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, maxParallelChecks)
 	for _, name := range u.Services() {
-		s, ok := u.lookup(name)
-		if !ok || !s.cfg.AutoUpdate {
-			continue
-		}
-		s, err := u.acquire(name)
-		if err != nil {
-			if errors.Is(err, ErrBusy) {
-				u.logger.Debug("skipping poll: check or deploy in progress", "service", name)
-			}
+		if s, ok := u.lookup(name); !ok || !s.cfg.AutoUpdate {
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// The guard is taken only once a slot is free, so a service
+			// waiting for its turn is not reported busy.
 			select {
 			case sem <- struct{}{}:
 			case <-ctx.Done():
-				u.release(s)
+				return
+			}
+			s, err := u.acquire(name)
+			if err != nil {
+				<-sem
+				if errors.Is(err, ErrBusy) {
+					u.logger.Debug("skipping poll: check or deploy in progress", "service", name)
+				}
 				return
 			}
 			p, res := u.check(ctx, s)
@@ -673,6 +686,8 @@ func normalizeRef(ref string) string {
 // project, and proves the new version healthy within the grace period. On
 // failure it blocks the digest and rolls back.
 func (u *Updater) deploy(ctx context.Context, s *service, p *plan) Result {
+	s.guard.deploying.Store(true)
+	defer s.guard.deploying.Store(false)
 	name, cfg := s.cfg.Name, s.cfg
 	log := u.logger.With("service", name)
 	res := Result{Service: name, Digest: p.remote}

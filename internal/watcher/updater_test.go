@@ -394,8 +394,8 @@ func TestTriggerErrors(t *testing.T) {
 			t.Fatalf("Trigger(app) = %v", err)
 		}
 		synctest.Wait() // the deploy waits for the healthcheck
-		if !h.u.Busy("app") {
-			t.Errorf("Busy(app) during a deploy = false")
+		if !h.u.Busy("app") || !h.u.Deploying("app") {
+			t.Errorf("Busy(app), Deploying(app) during a deploy = %v, %v, want true, true", h.u.Busy("app"), h.u.Deploying("app"))
 		}
 		if _, err := h.u.Trigger("app"); !errors.Is(err, ErrBusy) {
 			t.Errorf("Trigger(app) during a deploy = %v, want %v", err, ErrBusy)
@@ -495,8 +495,8 @@ func TestPollAll(t *testing.T) {
 		if got := metric(t, h.metrics, "watcher_poll_count_total"); got != "1" {
 			t.Errorf("watcher_poll_count_total = %q, want 1", got)
 		}
-		if h.u.Busy("app") {
-			t.Errorf("Busy(app) after the deploy = true")
+		if h.u.Busy("app") || h.u.Deploying("app") {
+			t.Errorf("Busy(app), Deploying(app) after the deploy = %v, %v, want false, false", h.u.Busy("app"), h.u.Deploying("app"))
 		}
 	})
 }
