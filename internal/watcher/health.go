@@ -115,3 +115,25 @@ func orUnknown(s string) string {
 	}
 	return s
 }
+
+// relevant drops the containers that say nothing about a deploy: one-off
+// containers (docker compose run) and finished jobs, containers of another
+// image that exited with code 0 (migrations, init steps). The containers
+// of the watched image always count.
+func relevant(cs []docker.ContainerDetails, watched string) []docker.ContainerDetails {
+	out := make([]docker.ContainerDetails, 0, len(cs))
+	for _, c := range cs {
+		if c.Labels[labelOneoff] == "True" {
+			continue
+		}
+		finished := !c.State.Running && !c.State.Restarting && c.State.ExitCode == 0 && c.State.Status == "exited"
+		if finished && normalizeRef(c.Image) != watched {
+			continue
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// labelOneoff marks containers made by `docker compose run`.
+const labelOneoff = "com.docker.compose.oneoff"

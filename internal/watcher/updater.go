@@ -104,6 +104,10 @@ type guard struct {
 	// failure is logged when it starts and when it ends, not on every poll.
 	// Only the holder of busy touches it.
 	lastRegistryError string
+	// lastCheckError and lastPullError play the same part for a
+	// misconfigured service and for a pull that keeps failing.
+	lastCheckError string
+	lastPullError  string
 }
 
 // UpdaterDeps are the parts the updater works with.
@@ -503,6 +507,17 @@ type plan struct {
 type current struct {
 	digests []string // registry digests of the running image(s)
 	imageID string   // image of the running container, kept as :rollback
+	// misnamed is set when a container names the watched repository and
+	// tag through another host (127.0.0.1:5000 for localhost:5000): the
+	// engine sees two different images, so dockward would deploy forever.
+	misnamed string
+}
+
+// sameImageOtherHost reports whether ref names ref's repository and tag on
+// a different registry host.
+func sameImageOtherHost(image string, ref registry.Ref) bool {
+	host, rest, ok := strings.Cut(image, "/")
+	return ok && host != ref.Host && rest == ref.Repository+":"+ref.Tag
 }
 
 // check compares the registry's digest with what runs, and returns a plan
@@ -556,6 +571,17 @@ func (u *Updater) check(ctx context.Context, s *service) (*plan, Result) {
 		res.Outcome, res.Reason = CheckFailed, err.Error()
 		return nil, res
 	}
+	if cur.imageID == "" && cur.misnamed != "" {
+		err := fmt.Errorf("compose project %s runs %s, not %s: name the image in the compose file exactly as %s, or Dockward cannot tell which version runs",
+			s.cfg.ComposeProject, cur.misnamed, s.ref.Local(), s.ref.Local())
+		if s.guard.lastCheckError != err.Error() {
+			log.Error("cannot deploy", "err", err)
+			s.guard.lastCheckError = err.Error()
+		}
+		res.Outcome, res.Reason = CheckFailed, err.Error()
+		return nil, res
+	}
+	s.guard.lastCheckError = ""
 	if len(cur.digests) > 0 {
 		res.Previous = cur.digests[0]
 	}
@@ -617,12 +643,19 @@ func (u *Updater) current(ctx context.Context, s *service) (current, error) {
 	}
 	var cur current
 	seen := map[string]bool{}
+	containers = relevant(containers, s.ref.Local())
 	allHealthy := len(containers) > 0
 	for _, c := range containers {
 		if !c.State.Running || (c.State.Health != nil && c.State.Health.Status != "healthy") {
 			allHealthy = false
 		}
-		if normalizeRef(c.Image) != s.ref.Local() || seen[c.ImageID] {
+		if normalizeRef(c.Image) != s.ref.Local() {
+			if sameImageOtherHost(normalizeRef(c.Image), s.ref) {
+				cur.misnamed = c.Image
+			}
+			continue
+		}
+		if seen[c.ImageID] {
 			continue
 		}
 		seen[c.ImageID] = true
@@ -704,15 +737,26 @@ func (u *Updater) deploy(ctx context.Context, s *service, p *plan) Result {
 	}
 
 	log.Info("new digest; deploying", "image", s.ref.Local(), "digest", p.remote, "previous", res.Previous)
-	u.notify.Send(notify.Alert{Service: name, Event: notify.UpdateStarted, Level: notify.Info, Digest: p.remote, Image: s.ref.Local(),
-		Message: fmt.Sprintf("%s: deploying %s (was %s)", name, short(p.remote), orNone(short(res.Previous)))})
+	// notStarted reports a failure before anything changed, once per
+	// digest and cause, so a failure that persists is not an alert every poll.
+	notStarted := func(what string, err error) Result {
+		reason := what + ": " + err.Error()
+		if key := p.remote + " " + what; s.guard.lastPullError != key {
+			s.guard.lastPullError = key
+			log.Error("deploy not started; the running version stays and the next poll retries", "step", what, "err", err)
+			u.notify.Send(notify.Alert{Service: name, Event: notify.UpdateFailed, Level: notify.Warning, Digest: p.remote, Image: s.ref.Local(),
+				Message: fmt.Sprintf("%s: deploying %s failed at %s; the running version stays and the next poll retries", name, short(p.remote), what),
+				Reason:  err.Error()})
+		} else {
+			log.Debug("deploy not started again", "step", what, "err", err)
+		}
+		return finish(CheckFailed, reason)
+	}
 
 	rollbackRef := s.ref.LocalRepo() + ":" + rollbackTag
 	if p.current.imageID != "" {
 		if err := u.engine.TagImage(ctx, p.current.imageID, s.ref.LocalRepo(), rollbackTag); err != nil {
-			reason := fmt.Sprintf("tag running image as %s: %v", rollbackRef, err)
-			log.Error("deploy not started", "err", reason)
-			return finish(CheckFailed, reason)
+			return notStarted("tag the running image as "+rollbackRef, err)
 		}
 	} else {
 		log.Warn("no running container of this image: nothing to roll back to if the new version fails")
@@ -720,8 +764,7 @@ func (u *Updater) deploy(ctx context.Context, s *service, p *plan) Result {
 	if err := u.store.Update(name, func(st *state.Service) {
 		st.Deploy = &state.Deploy{Digest: p.remote, RollbackImage: p.current.imageID, Started: p.started}
 	}); err != nil {
-		log.Error("deploy not started", "err", err)
-		return finish(CheckFailed, err.Error())
+		return notStarted("record the deploy in the state file", err)
 	}
 	// The in-flight record is cleared once the deploy has a verdict. If the
 	// process is stopped before that, it stays, and the next start resumes.
@@ -735,14 +778,16 @@ func (u *Updater) deploy(ctx context.Context, s *service, p *plan) Result {
 	}()
 
 	if err := u.compose.Pull(ctx, cfg.ComposeFile, cfg.ComposeProject); err != nil {
+		if ctx.Err() != nil {
+			return finish(CheckFailed, "stopped during pull")
+		}
 		// Nothing was changed yet: the running version stays. A pull failure
 		// is usually transient, so the digest is not blocked.
-		log.Error("pull failed; the running version stays", "err", err)
-		u.notify.Send(notify.Alert{Service: name, Event: notify.UpdateFailed, Level: notify.Warning, Digest: p.remote, Image: s.ref.Local(),
-			Message: fmt.Sprintf("%s: pulling %s failed; the running version stays and the next poll retries", name, short(p.remote)),
-			Reason:  err.Error()})
-		return finish(CheckFailed, "pull: "+err.Error())
+		return notStarted("pull", err)
 	}
+	s.guard.lastPullError = ""
+	u.notify.Send(notify.Alert{Service: name, Event: notify.UpdateStarted, Level: notify.Info, Digest: p.remote, Image: s.ref.Local(),
+		Message: fmt.Sprintf("%s: deploying %s (was %s)", name, short(p.remote), orNone(short(res.Previous)))})
 	if img, err := u.engine.InspectImage(ctx, s.ref.Local()); err == nil {
 		// CI may have pushed again since the check: block what was pulled.
 		if ds := repoDigests(img, s.ref.LocalRepo()); len(ds) > 0 && !contains(ds, p.remote) {
@@ -756,6 +801,9 @@ func (u *Updater) deploy(ctx context.Context, s *service, p *plan) Result {
 		reason = "compose up: " + err.Error()
 	} else if ok, why := u.verify(ctx, s); !ok {
 		reason = why
+	} else if cur, err := u.current(ctx, s); err == nil && !contains(cur.digests, res.Digest) {
+		reason = fmt.Sprintf("after compose up no container of project %s runs %s@%s: does the compose file name %s?",
+			cfg.ComposeProject, s.ref.LocalRepo(), short(res.Digest), s.ref.Local())
 	}
 	if reason == "" {
 		u.metrics.Update(name)
@@ -848,7 +896,7 @@ func (u *Updater) verify(ctx context.Context, s *service) (bool, string) {
 				return false, "could not inspect containers: " + lastErr
 			}
 		} else {
-			v, reason := evaluate(containers, baseline, atDeadline)
+			v, reason := evaluate(relevant(containers, s.ref.Local()), baseline, atDeadline)
 			switch v {
 			case healthy:
 				return true, reason
