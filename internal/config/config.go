@@ -336,11 +336,13 @@ func (c *Config) Validate() error {
 	case c.Registry.URL == "":
 		p.add("registry.url", "is required")
 	case err != nil:
-		p.add("registry.url", "is not a URL: %v", err)
+		p.add("registry.url", "is not a URL")
 	case u.Scheme != "http" && u.Scheme != "https":
-		p.add("registry.url", "must start with http:// or https://, got %q", c.Registry.URL)
+		p.add("registry.url", "must start with http:// or https://, got %q", redactURL(c.Registry.URL))
 	case u.Host == "":
-		p.add("registry.url", "must include a host, got %q", c.Registry.URL)
+		p.add("registry.url", "must include a host, got %q", redactURL(c.Registry.URL))
+	case u.User != nil || u.RawQuery != "" || u.Fragment != "":
+		p.add("registry.url", "must be scheme://host[:port] only, without credentials, query or fragment; got %q", redactURL(c.Registry.URL))
 	case u.Path != "" && u.Path != "/":
 		p.add("registry.url", "must not have a path (Dockward adds /v2/), got %q", u.Path)
 	default:
@@ -512,10 +514,37 @@ func (p *problems) httpURL(field, raw string) {
 	case raw == "":
 		p.add(field, "is required")
 	case err != nil:
-		p.add(field, "is not a URL: %v", err)
+		p.add(field, "is not a URL") // the parse error would quote it, token and all
 	case (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
-		p.add(field, "must be an http:// or https:// URL, got %q", raw)
+		p.add(field, "must be an http:// or https:// URL, got %q", redactURL(raw))
 	}
+}
+
+// redactURL keeps a URL's scheme and host for an error message: webhook
+// URLs carry their token in the path, and any URL may carry a password.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err == nil && u.Host == "" && u.Opaque == "" && u.Scheme != "" {
+		if u.Path != "" {
+			return u.Scheme + "://…"
+		}
+		return u.Scheme + "://"
+	}
+	if err == nil && u.Host != "" {
+		out := u.Scheme + "://" + u.Host
+		if u.Path != "" || u.RawQuery != "" || u.User != nil {
+			out += "/…"
+		}
+		return out
+	}
+	head, rest, _ := strings.Cut(raw, "/")
+	if _, host, ok := strings.Cut(head, "@"); ok {
+		head, rest = host, "…"
+	}
+	if rest != "" {
+		head += "/…"
+	}
+	return head
 }
 
 func (p *problems) level(field, v string) {
