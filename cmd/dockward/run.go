@@ -90,8 +90,27 @@ func runCheck(args []string, getenv func(string) string, stdout, stderr io.Write
 			fmt.Fprintf(stdout, "warning: service %s: compose file %s: %v\n", s.Name, s.ComposeFile, errors.Unwrap(err))
 		}
 	}
+	for _, w := range stopWarnings(cfg) {
+		fmt.Fprintln(stdout, "warning:", w)
+	}
 	fmt.Fprintf(stdout, "%s: config OK (%d services)\n", *configPath, len(cfg.Services))
 	return nil
+}
+
+// unitStopTimeout is TimeoutStopSec in deploy/systemd/dockward.service.
+const unitStopTimeout = 180 * time.Second
+
+// stopWarnings says which services could keep a stop waiting longer than
+// systemd waits before it kills dockward (and compose) mid-deploy.
+func stopWarnings(cfg *config.Config) []string {
+	var out []string
+	for i, s := range cfg.Services {
+		if bound := watcher.StopBound(s); bound > unitStopTimeout {
+			out = append(out, fmt.Sprintf("services[%d].health_grace: a stop may wait %v for a deploy of %s in flight, longer than the shipped unit's TimeoutStopSec=%v; raise TimeoutStopSec",
+				i, bound, s.Name, unitStopTimeout))
+		}
+	}
+	return out
 }
 
 // loadFull loads a config and also checks what other packages parse from it
@@ -167,6 +186,9 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 	srv := &http.Server{
 		Handler:           watcher.NewAPI(updater, metrics, logger, version),
 		ReadHeaderTimeout: 10 * time.Second,
+	}
+	for _, w := range stopWarnings(cfg) {
+		logger.Warn(w)
 	}
 	logger.Info("dockward started", "version", version, "config", configPath, "state", store.Path(),
 		"api", ln.Addr().String(), "compose", runner.Version(), "services", len(cfg.Services))

@@ -69,7 +69,7 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	case u.Hostname() == "":
 		return nil, fmt.Errorf("registry URL %q: no host", baseURL)
 	case u.User != nil:
-		return nil, fmt.Errorf("registry URL %q: must not hold credentials, configure basic auth instead", baseURL)
+		return nil, fmt.Errorf("registry URL %q: must not hold credentials", u.Redacted())
 	case u.Path != "" && u.Path != "/", u.RawQuery != "", u.Fragment != "":
 		return nil, fmt.Errorf("registry URL %q: must have no path, query or fragment (the API lives at /v2/)", baseURL)
 	}

@@ -207,7 +207,7 @@ func (u *Updater) SetConfig(cfg *config.Config) error {
 	// TimeoutStopSec (180s in the shipped unit) must exceed this.
 	u.stopBound = 0
 	for _, s := range cfg.Services {
-		u.stopBound = max(u.stopBound, 2*s.HealthGrace.Duration()+30*time.Second)
+		u.stopBound = max(u.stopBound, StopBound(s))
 	}
 	select {
 	case u.reloaded <- struct{}{}:
@@ -219,6 +219,12 @@ func (u *Updater) SetConfig(cfg *config.Config) error {
 		u.metrics.SetBlocked(name, blocked)
 	}
 	return nil
+}
+
+// StopBound is how long a stop waits for a deploy of s in flight: its grace
+// period, a rollback and the rollback's grace period.
+func StopBound(s config.Service) time.Duration {
+	return 2*s.HealthGrace.Duration() + 30*time.Second
 }
 
 // SetStopBound overrides how long a stop waits for deploys in flight.
