@@ -20,9 +20,15 @@ import (
 )
 
 // maxAPIVersion is the newest Engine API version whose behaviour this client
-// is written against. A newer engine is spoken to at this version; an older
-// engine at its own.
-const maxAPIVersion = "1.41"
+// is written against. A newer engine is spoken to at this version, an older
+// one at its own; an engine whose oldest accepted version (MinAPIVersion) is
+// newer than this cannot be spoken to at all. Everything the client reads -
+// containers/json, containers/{id}/json with State.Health and
+// Config.Healthcheck, restart?t=, images/{ref}/json RepoDigests, image tag,
+// remove and pull, events with filters and since - is the same from API 1.41
+// (Docker 20.10) to 1.47 (late Docker 27 releases). Docker 29 refuses any
+// version below 1.44.
+const maxAPIVersion = "1.47"
 
 const (
 	// defaultTimeout bounds each call that is not a long-lived stream.
@@ -96,8 +102,10 @@ func New(socketPath string, logger *slog.Logger) *Client {
 }
 
 // Version returns the API version the client speaks to the engine,
-// negotiating it with GET /version on first use. A failed negotiation is
-// retried by the next call.
+// negotiating it with GET /version on first use: the older of the engine's
+// ApiVersion and maxAPIVersion, provided the engine's MinAPIVersion allows
+// it. A failed negotiation is retried by the next call, and so is one whose
+// version the engine has since rejected (see send).
 func (c *Client) Version(ctx context.Context) (string, error) {
 	select {
 	case c.versionLock <- struct{}{}:
@@ -112,8 +120,9 @@ func (c *Client) Version(ctx context.Context) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	var v struct {
-		Version    string
-		APIVersion string `json:"ApiVersion"`
+		Version       string
+		APIVersion    string `json:"ApiVersion"`
+		MinAPIVersion string // absent from engines older than API 1.25
 	}
 	// /version is the one path asked for without a version prefix.
 	resp, err := c.roundTrip(ctx, "negotiate docker API version", http.MethodGet, "/version", nil)
@@ -129,20 +138,24 @@ func (c *Client) Version(ctx context.Context) (string, error) {
 	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
 		return "", fmt.Errorf("negotiate docker API version: decode /version: %w", err)
 	}
-	use, err := negotiate(v.APIVersion)
+	use, err := negotiate(v.APIVersion, v.MinAPIVersion)
 	if err != nil {
 		return "", fmt.Errorf("negotiate docker API version: %w", err)
 	}
 	c.apiVersion = use
 	c.logger.Info("docker engine connected",
-		"engine_version", v.Version, "engine_api_version", v.APIVersion, "api_version", use)
+		"engine_version", v.Version, "engine_api_version", v.APIVersion,
+		"engine_min_api_version", v.MinAPIVersion, "api_version", use)
 	return use, nil
 }
 
-// negotiate picks the version to speak to an engine offering engineVersion:
-// the engine's own if older than maxAPIVersion, else maxAPIVersion.
-func negotiate(engineVersion string) (string, error) {
-	engine, err := parseAPIVersion(engineVersion)
+// negotiate picks the version to speak to an engine that serves API versions
+// engineMin to engineMax: the older of engineMax and maxAPIVersion. An
+// engineMin newer than maxAPIVersion is an error, as the engine would refuse
+// every call; an empty engineMin, from an engine too old to report one, sets
+// no lower bound. Versions compare numerically: 1.5 is older than 1.47.
+func negotiate(engineMax, engineMin string) (string, error) {
+	high, err := parseAPIVersion(engineMax)
 	if err != nil {
 		return "", fmt.Errorf("engine ApiVersion: %w", err)
 	}
@@ -150,10 +163,47 @@ func negotiate(engineVersion string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if engine.less(ours) {
-		return engineVersion, nil
+	if engineMin != "" {
+		low, err := parseAPIVersion(engineMin)
+		if err != nil {
+			return "", fmt.Errorf("engine MinAPIVersion: %w", err)
+		}
+		if high.less(low) {
+			return "", fmt.Errorf("engine reports MinAPIVersion %s above its ApiVersion %s", engineMin, engineMax)
+		}
+		if ours.less(low) {
+			return "", fmt.Errorf("the Docker engine requires API ≥ %s but dockward speaks at most %s; upgrade dockward", engineMin, maxAPIVersion)
+		}
+	}
+	if high.less(ours) {
+		return engineMax, nil
 	}
 	return maxAPIVersion, nil
+}
+
+// forgetVersion drops the negotiated version if it is still version, so that
+// the next call negotiates again. It gives up, leaving the version, if ctx
+// ends while another call holds the lock.
+func (c *Client) forgetVersion(ctx context.Context, version string) {
+	select {
+	case c.versionLock <- struct{}{}:
+	case <-ctx.Done():
+		return
+	}
+	defer func() { <-c.versionLock }()
+	if c.apiVersion == version {
+		c.apiVersion = ""
+	}
+}
+
+// isVersionRejection reports whether an engine's error message refuses the
+// API version of the request, as in "client version 1.41 is too old.
+// Minimum supported API version is 1.44, please upgrade your client to a
+// newer version" or "client version 1.47 is too new. Maximum supported API
+// version is 1.41".
+func isVersionRejection(message string) bool {
+	rest, ok := strings.CutPrefix(strings.ToLower(message), "client version ")
+	return ok && (strings.Contains(rest, " is too old") || strings.Contains(rest, " is too new"))
 }
 
 type apiVersion struct{ major, minor int }
@@ -199,14 +249,26 @@ type request struct {
 }
 
 // send makes a versioned request and returns the response with its body
-// open, or an *APIError for a non-2xx status. It applies no timeout of its
-// own; the caller bounds ctx.
+// open, or an error wrapping an *APIError for a non-2xx status. It applies
+// no timeout of its own; the caller bounds ctx.
+//
+// An engine that refuses the negotiated version (400 "client version ... is
+// too old" or "too new") has changed since negotiation, typically upgraded
+// in place; the error says so and the next call negotiates again.
 func (c *Client) send(ctx context.Context, req request) (*http.Response, error) {
 	version, err := c.Version(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", req.op, err)
 	}
-	return c.roundTrip(ctx, req.op, req.method, "/v"+version+req.path, req.query)
+	resp, err := c.roundTrip(ctx, req.op, req.method, "/v"+version+req.path, req.query)
+	if apiErr, ok := errors.AsType[*APIError](err); ok &&
+		apiErr.StatusCode == http.StatusBadRequest && isVersionRejection(apiErr.Message) {
+		c.forgetVersion(ctx, version)
+		c.logger.Warn("docker engine refused the negotiated API version; negotiating again on the next call",
+			"api_version", version, "error", apiErr.Message)
+		return nil, fmt.Errorf("%w (the engine no longer accepts API %s, negotiated with it earlier; dockward negotiates again on the next call)", apiErr, version)
+	}
+	return resp, err
 }
 
 // call makes a request bounded by timeout (the client's default when zero)

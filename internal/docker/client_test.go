@@ -16,17 +16,19 @@ import (
 	"time"
 )
 
-// fakeEngine answers like a Docker engine whose newest API is apiVersion:
-// GET /version from testdata/version.json, and routes keyed by method and the
-// path after the version prefix exactly as it arrived
+// fakeEngine answers like a Docker engine serving API versions minVersion
+// to apiVersion: GET /version from testdata/version.json, and routes keyed by
+// method and the path after the version prefix exactly as it arrived
 // ("GET /containers/abc/json").
 // Anything else is the engine's 404 "page not found".
 type fakeEngine struct {
-	t          *testing.T
-	apiVersion string
-	routes     map[string]http.HandlerFunc
+	t      *testing.T
+	routes map[string]http.HandlerFunc
 
 	mu            sync.Mutex
+	apiVersion    string
+	minVersion    string   // "" for an engine that reports none and accepts any
+	upgraded      bool     // versions changed by upgrade: refusals are expected
 	requests      []string // method and request URI, as received
 	versionErrors []int    // statuses to answer the first GET /version requests with
 }
@@ -38,6 +40,7 @@ func (e *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if len(e.versionErrors) > 0 && r.URL.Path == "/version" {
 		failWith, e.versionErrors = e.versionErrors[0], e.versionErrors[1:]
 	}
+	highVersion, minVersion, upgraded := e.apiVersion, e.minVersion, e.upgraded
 	e.mu.Unlock()
 
 	path := r.URL.EscapedPath()
@@ -46,17 +49,30 @@ func (e *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeError(w, failWith, "daemon is starting")
 			return
 		}
-		writeJSON(w, http.StatusOK, versionFixture(e.t, e.apiVersion))
+		writeJSON(w, http.StatusOK, versionFixture(e.t, highVersion, minVersion))
 		return
 	}
-	// Like the engine, serve any version up to our own.
+	// Like the engine, serve the versions from minVersion to highVersion,
+	// refusing others with the engine's messages.
 	version, rest, _ := strings.Cut(strings.TrimPrefix(path, "/v"), "/")
 	asked, err1 := parseAPIVersion(version)
-	ours, err2 := parseAPIVersion(e.apiVersion)
-	if err1 != nil || err2 != nil || ours.less(asked) {
-		e.t.Errorf("fake engine at API %s got %s %s", e.apiVersion, r.Method, r.RequestURI)
-		writeError(w, http.StatusBadRequest, "client version "+version+" is too new. Maximum supported API version is "+e.apiVersion)
+	high, err2 := parseAPIVersion(highVersion)
+	if err1 != nil || err2 != nil || high.less(asked) {
+		if !upgraded {
+			e.t.Errorf("fake engine at API %s got %s %s", highVersion, r.Method, r.RequestURI)
+		}
+		writeError(w, http.StatusBadRequest, "client version "+version+" is too new. Maximum supported API version is "+highVersion)
 		return
+	}
+	if minVersion != "" {
+		low, err := parseAPIVersion(minVersion)
+		if err != nil || asked.less(low) {
+			if !upgraded {
+				e.t.Errorf("fake engine with minimum API %s got %s %s", minVersion, r.Method, r.RequestURI)
+			}
+			writeError(w, http.StatusBadRequest, "client version "+version+" is too old. Minimum supported API version is "+minVersion+", please upgrade your client to a newer version")
+			return
+		}
 	}
 	h, ok := e.routes[r.Method+" /"+rest]
 	if !ok {
@@ -66,6 +82,14 @@ func (e *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h(w, r)
 }
 
+// upgrade changes the API versions the engine serves, as an engine upgraded
+// (or downgraded) in place while a client stays connected.
+func (e *fakeEngine) upgrade(apiVersion, minVersion string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.apiVersion, e.minVersion, e.upgraded = apiVersion, minVersion, true
+}
+
 // received returns the requests the engine got so far.
 func (e *fakeEngine) received() []string {
 	e.mu.Lock()
@@ -73,10 +97,19 @@ func (e *fakeEngine) received() []string {
 	return append([]string(nil), e.requests...)
 }
 
-// newEngine starts a fake engine on a unix socket and returns a client for it.
+// newEngine starts a fake engine serving API versions 1.12 (the minimum of
+// Docker 20.10) to apiVersion on a unix socket and returns a client for it.
 func newEngine(t *testing.T, apiVersion string, routes map[string]http.HandlerFunc) (*Client, *fakeEngine) {
 	t.Helper()
-	e := &fakeEngine{t: t, apiVersion: apiVersion, routes: routes}
+	return newEngineRange(t, "1.12", apiVersion, routes)
+}
+
+// newEngineRange is newEngine for an engine serving API versions minVersion
+// to apiVersion; an empty minVersion is not reported, as by engines older
+// than API 1.25.
+func newEngineRange(t *testing.T, minVersion, apiVersion string, routes map[string]http.HandlerFunc) (*Client, *fakeEngine) {
+	t.Helper()
+	e := &fakeEngine{t: t, apiVersion: apiVersion, minVersion: minVersion, routes: routes}
 	sock := socketPath(t)
 	l, err := net.Listen("unix", sock)
 	if err != nil {
@@ -129,13 +162,19 @@ func fixture(t testing.TB, name string) []byte {
 }
 
 // versionFixture is the real engine's GET /version answer with its
-// ApiVersion replaced.
-func versionFixture(t *testing.T, apiVersion string) []byte {
+// ApiVersion and MinAPIVersion replaced; an empty minVersion removes the
+// latter.
+func versionFixture(t *testing.T, apiVersion, minVersion string) []byte {
 	var v map[string]any
 	if err := json.Unmarshal(fixture(t, "version.json"), &v); err != nil {
 		t.Errorf("decode version.json: %v", err)
 	}
 	v["ApiVersion"] = apiVersion
+	if minVersion == "" {
+		delete(v, "MinAPIVersion")
+	} else {
+		v["MinAPIVersion"] = minVersion
+	}
 	b, err := json.Marshal(v)
 	if err != nil {
 		t.Errorf("encode version: %v", err)
@@ -167,20 +206,26 @@ func serveError(status int, message string) http.HandlerFunc {
 
 func TestVersionNegotiation(t *testing.T) {
 	tests := []struct {
-		name   string
-		engine string
-		want   string
+		name      string
+		engine    string // ApiVersion
+		engineMin string // MinAPIVersion, "" for none reported
+		want      string
 	}{
-		{"engine at our version", "1.41", "1.41"},
-		{"older engine", "1.40", "1.40"},
-		{"much older engine", "1.25", "1.25"},
-		{"newer engine", "1.45", "1.41"},
-		{"minor compared as a number", "1.5", "1.5"},
-		{"newer major", "2.0", "1.41"},
+		{"docker 20.10", "1.41", "1.12", "1.41"},
+		{"older engine", "1.40", "1.12", "1.40"},
+		{"much older engine", "1.25", "1.12", "1.25"},
+		{"engine without MinAPIVersion", "1.24", "", "1.24"},
+		{"engine at our version", "1.47", "1.24", "1.47"},
+		{"newer engine", "1.48", "1.24", "1.47"},
+		{"docker 29", "1.52", "1.44", "1.47"},
+		{"engine minimum at our version", "1.55", "1.47", "1.47"},
+		{"minor compared as a number", "1.9", "", "1.9"},
+		{"minimum compared as a number", "1.52", "1.5", "1.47"},
+		{"newer major", "2.0", "1.44", "1.47"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, e := newEngine(t, tt.engine, map[string]http.HandlerFunc{
+			c, e := newEngineRange(t, tt.engineMin, tt.engine, map[string]http.HandlerFunc{
 				"GET /containers/json": func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, []byte("[]\n")) },
 			})
 			ctx := t.Context()
@@ -203,6 +248,129 @@ func TestVersionNegotiation(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestVersionEngineTooNew(t *testing.T) {
+	tests := []struct {
+		name      string
+		engine    string
+		engineMin string
+		wantErr   string
+	}{
+		{
+			name: "engine minimum above ours", engine: "1.55", engineMin: "1.50",
+			wantErr: "the Docker engine requires API ≥ 1.50 but dockward speaks at most 1.47; upgrade dockward",
+		},
+		{
+			name: "newer major only", engine: "2.3", engineMin: "2.0",
+			wantErr: "the Docker engine requires API ≥ 2.0 but dockward speaks at most 1.47; upgrade dockward",
+		},
+		{
+			name: "minimum above the engine's own maximum", engine: "1.40", engineMin: "1.44",
+			wantErr: "engine reports MinAPIVersion 1.44 above its ApiVersion 1.40",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, e := newEngineRange(t, tt.engineMin, tt.engine, nil)
+			_, err := c.InspectContainer(t.Context(), "abc123")
+			want := "inspect container abc123: negotiate docker API version: " + tt.wantErr
+			if err == nil || err.Error() != want {
+				t.Fatalf("InspectContainer(%q) error = %v, want %q", "abc123", err, want)
+			}
+			if _, ok := errors.AsType[*APIError](err); ok {
+				t.Errorf("errors.AsType[*APIError](%v) matched; a version mismatch is not an engine answer", err)
+			}
+			if reqs := e.received(); len(reqs) != 1 || reqs[0] != "GET /version" {
+				t.Errorf("engine received %q, want only GET /version", reqs)
+			}
+		})
+	}
+}
+
+// TestVersionRefusedAfterNegotiation covers an engine replaced under a
+// running client: a call at the old version is refused with a readable
+// error, and the next call negotiates again.
+func TestVersionRefusedAfterNegotiation(t *testing.T) {
+	tests := []struct {
+		name                  string
+		engine, engineMin     string // after the change
+		wantMessage           string
+		wantVersionAfterwards string
+	}{
+		{
+			name: "engine upgraded to docker 29", engine: "1.52", engineMin: "1.44",
+			wantMessage:           "client version 1.41 is too old. Minimum supported API version is 1.44, please upgrade your client to a newer version",
+			wantVersionAfterwards: "1.47",
+		},
+		{
+			name: "engine downgraded", engine: "1.40", engineMin: "1.12",
+			wantMessage:           "client version 1.41 is too new. Maximum supported API version is 1.40",
+			wantVersionAfterwards: "1.40",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, e := newEngine(t, "1.41", map[string]http.HandlerFunc{
+				"GET /containers/abc123/json": serveFixture(t, http.StatusOK, "container_web_unhealthy.json"),
+			})
+			ctx := t.Context()
+			if _, err := c.InspectContainer(ctx, "abc123"); err != nil {
+				t.Fatalf("InspectContainer before the change: %v", err)
+			}
+			e.upgrade(tt.engine, tt.engineMin)
+
+			_, err := c.InspectContainer(ctx, "abc123")
+			want := "inspect container abc123: docker API 400: " + tt.wantMessage +
+				" (the engine no longer accepts API 1.41, negotiated with it earlier; dockward negotiates again on the next call)"
+			if err == nil || err.Error() != want {
+				t.Fatalf("InspectContainer after the change: error = %v, want %q", err, want)
+			}
+			apiErr, ok := errors.AsType[*APIError](err)
+			if !ok || apiErr.StatusCode != http.StatusBadRequest || apiErr.Message != tt.wantMessage {
+				t.Errorf("errors.AsType[*APIError](%v) = %+v, %v, want a 400 with the engine's message", err, apiErr, ok)
+			}
+			if errors.Is(err, ErrNotFound) {
+				t.Errorf("errors.Is(%v, ErrNotFound) = true", err)
+			}
+
+			if _, err := c.InspectContainer(ctx, "abc123"); err != nil {
+				t.Fatalf("InspectContainer after renegotiating: %v", err)
+			}
+			if v, err := c.Version(ctx); err != nil || v != tt.wantVersionAfterwards {
+				t.Errorf("Version() = %q, %v, want %q", v, err, tt.wantVersionAfterwards)
+			}
+			wantReqs := []string{
+				"GET /version",
+				"GET /v1.41/containers/abc123/json",
+				"GET /v1.41/containers/abc123/json",
+				"GET /version",
+				"GET /v" + tt.wantVersionAfterwards + "/containers/abc123/json",
+			}
+			if reqs := e.received(); strings.Join(reqs, "\n") != strings.Join(wantReqs, "\n") {
+				t.Errorf("engine received %q, want %q", reqs, wantReqs)
+			}
+		})
+	}
+}
+
+func TestIsVersionRejection(t *testing.T) {
+	tests := []struct {
+		message string
+		want    bool
+	}{
+		{"client version 1.41 is too old. Minimum supported API version is 1.44, please upgrade your client to a newer version", true},
+		{"client version 1.47 is too new. Maximum supported API version is 1.41", true},
+		{"Client version 1.11 is too old. Minimum supported API version is 1.12, please upgrade your client to a newer version", true},
+		{"No such container: abc123", false},
+		{"invalid reference format: repository name must be lowercase", false},
+		{"the client version is too old", false},
+	}
+	for _, tt := range tests {
+		if got := isVersionRejection(tt.message); got != tt.want {
+			t.Errorf("isVersionRejection(%q) = %v, want %v", tt.message, got, tt.want)
+		}
 	}
 }
 
@@ -251,8 +419,15 @@ func TestVersionMalformed(t *testing.T) {
 	for _, v := range []string{"", "1", "one.two", "1.x", "1.-1"} {
 		c, _ := newEngine(t, v, nil)
 		_, err := c.Version(t.Context())
-		if err == nil || !strings.Contains(err.Error(), "malformed API version") {
+		if err == nil || !strings.Contains(err.Error(), "engine ApiVersion: malformed API version") {
 			t.Errorf("Version() with engine ApiVersion %q: error = %v, want malformed API version", v, err)
+		}
+	}
+	for _, v := range []string{"1", "one.two", "1.x", "1.-1"} {
+		c, _ := newEngineRange(t, v, "1.41", nil)
+		_, err := c.Version(t.Context())
+		if err == nil || !strings.Contains(err.Error(), "engine MinAPIVersion: malformed API version") {
+			t.Errorf("Version() with engine MinAPIVersion %q: error = %v, want malformed API version", v, err)
 		}
 	}
 }

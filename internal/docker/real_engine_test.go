@@ -3,6 +3,7 @@ package docker
 import (
 	"context"
 	"errors"
+	"net/http"
 	"os"
 	"strconv"
 	"testing"
@@ -33,6 +34,19 @@ func TestRealEngine(t *testing.T) {
 		t.Fatalf("Version() = %q, %v, want a version no newer than %s", version, err, maxAPIVersion)
 	}
 	t.Logf("engine API version in use: %s", version)
+
+	// The engine's own refusals of a version it does not serve are
+	// recognised as such (Docker 20.10 words them "client version 1.11 is
+	// too old. ..." and "... is too new. ...").
+	for _, asked := range []string{"1.11", "1.99"} {
+		_, err := c.roundTrip(ctx, "probe API "+asked, http.MethodGet, "/v"+asked+"/version", nil)
+		apiErr, ok := errors.AsType[*APIError](err)
+		if !ok || apiErr.StatusCode != http.StatusBadRequest || !isVersionRejection(apiErr.Message) {
+			t.Errorf("GET /v%s/version = %v, want a 400 refusing the version", asked, err)
+		} else {
+			t.Logf("GET /v%s/version: %v", asked, err)
+		}
+	}
 
 	project := "dockward-test-none-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	for _, all := range []bool{false, true} {
