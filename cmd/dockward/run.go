@@ -272,6 +272,9 @@ loop:
 	notifyErr(sd.Stopping(context.WithoutCancel(ctx)))
 	logger.Info("stopping: no new deploys; waiting for deploys in flight")
 	wg.Wait()
+	if err := store.Flush(); err != nil {
+		logger.Error("write state file at stop; what it missed is lost", "err", err)
+	}
 	shutdownCtx, cancelShutdown := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancelShutdown()
 	srv.Shutdown(shutdownCtx)

@@ -4,6 +4,11 @@
 // The file is small and rewritten whole on every change: write a temp file,
 // fsync it, rename it over the old one, fsync the directory. A crash leaves
 // either the old or the new file, never a torn one.
+//
+// What Dockward knows is never dropped because the disk refused it: a change
+// is applied in memory first and kept there even when the file cannot be
+// written (disk full, an I/O error). The store is then dirty, and the next
+// successful write (any Update, or Flush) persists everything it holds.
 package state
 
 import (
@@ -57,11 +62,15 @@ type Deploy struct {
 }
 
 // Store is the state file and its in-memory copy. It is safe for concurrent use.
+//
+// The in-memory copy is the truth; the file is its durable copy. When a write
+// fails the two differ until a later write succeeds, and Dirty reports it.
 type Store struct {
 	path string
 
-	mu   sync.Mutex
-	data File
+	mu    sync.Mutex
+	data  File
+	dirty bool // data holds changes the file does not have yet
 }
 
 // Open loads the state file at path. A missing file is an empty state; a file
@@ -109,13 +118,23 @@ func (s *Store) All() map[string]Service {
 	return out
 }
 
-// Update changes one service's state and writes the file before returning.
-// If the write fails the in-memory state is left as it was.
+// Update changes one service's state in memory and writes the whole state to
+// the file before returning.
+//
+// The change is applied in memory always, also when the write fails: a
+// blocked digest that could not be saved must still stop the next deploy of
+// that digest. On failure the store is marked dirty and the error says the
+// change is kept in memory only; it reaches the file with the next successful
+// write, because every Update (and Flush) writes the whole state. A
+// successful Update therefore also persists any changes earlier failures left
+// behind, and leaves the store clean.
+//
+// change gets a copy of the service's state (the zero value if nothing is
+// stored); setting it to the zero value removes the service.
 func (s *Store) Update(name string, change func(*Service)) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	old, existed := s.data.Services[name]
-	next := old.clone()
+	next := s.data.Services[name].clone()
 	change(&next)
 	if next.isZero() {
 		delete(s.data.Services, name)
@@ -123,22 +142,46 @@ func (s *Store) Update(name string, change func(*Service)) error {
 		s.data.Services[name] = &next
 	}
 	if err := s.save(); err != nil {
-		if existed {
-			s.data.Services[name] = old
-		} else {
-			delete(s.data.Services, name)
-		}
-		return err
+		return fmt.Errorf("state change for %s kept in memory, will be written on the next successful save: %w", name, err)
 	}
 	return nil
 }
 
+// Flush writes the state file if, and only if, the store is dirty: some
+// earlier Update kept its change in memory because the write failed. On a
+// clean store it does nothing and returns nil. If the write fails again the
+// store stays dirty and the error is returned; nothing in memory is lost.
+func (s *Store) Flush() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.dirty {
+		return nil
+	}
+	if err := s.save(); err != nil {
+		return fmt.Errorf("state still kept in memory only, will be written on the next successful save: %w", err)
+	}
+	return nil
+}
+
+// Dirty reports whether the store holds changes that are not in the state file
+// yet because writing it failed. A successful Update or Flush clears it.
+func (s *Store) Dirty() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dirty
+}
+
+// save writes the whole in-memory state to the file and tracks whether the
+// file is behind: dirty after a failure, clean after a success. s.mu is held.
 func (s *Store) save() error {
 	b, err := json.MarshalIndent(s.data, "", "  ")
-	if err != nil {
-		return fmt.Errorf("encode state: %w", err)
+	if err == nil {
+		err = writeAtomic(s.path, append(b, '\n'))
+	} else {
+		err = fmt.Errorf("encode state: %w", err)
 	}
-	return writeAtomic(s.path, append(b, '\n'))
+	s.dirty = err != nil
+	return err
 }
 
 func writeAtomic(path string, b []byte) error {

@@ -302,55 +302,208 @@ func TestUpdateToZeroRemovesService(t *testing.T) {
 	}
 }
 
-// TestFailedSaveLeavesStateUnchanged makes the write fail by turning the
-// state file's directory into a file (chmod would not stop root).
-func TestFailedSaveLeavesStateUnchanged(t *testing.T) {
+// breakDir makes writes to dir fail without touching the state file in it:
+// the directory is moved aside and a plain file takes its place (chmod would
+// not stop root). It returns where the old directory now is and a func that
+// puts it back.
+func breakDir(t *testing.T, dir string) (aside string, repair func()) {
+	t.Helper()
+	aside = dir + ".aside"
+	if err := os.Rename(dir, aside); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir, []byte("not a directory"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return aside, func() {
+		t.Helper()
+		if err := os.Remove(dir); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(aside, dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestFailedSaveKeepsChangeInMemory is why a failed write must not undo the
+// change: a block that could not be saved must still stop the next deploy of
+// that digest, and reach the file as soon as writing works again.
+func TestFailedSaveKeepsChangeInMemory(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "dockward")
 	path := filepath.Join(dir, "state.json")
 	s := open(t, path)
 	if err := s.Update("web", block(badDigest)); err != nil {
 		t.Fatal(err)
 	}
-	before := s.All()
-
-	if err := os.RemoveAll(dir); err != nil {
-		t.Fatal(err)
+	if s.Dirty() {
+		t.Fatal("Dirty() = true after a successful Update, want false")
 	}
-	if err := os.WriteFile(dir, []byte("not a directory"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	onDisk := readFile(t, path)
+	aside, repair := breakDir(t, dir)
 
 	tests := []struct {
 		name    string
 		service string
 		change  func(*state.Service)
+		want    state.Service // what Get(service) returns afterwards
 	}{
-		{"change an existing service", "web", func(svc *state.Service) { svc.Blocked.Digest = "sha256:22"; svc.Heal.Consecutive = 9 }},
-		{"clear an existing service", "web", func(svc *state.Service) { *svc = state.Service{} }},
-		{"add a new service", "db", block("sha256:33")},
+		{"change an existing service", "web",
+			func(svc *state.Service) { svc.Blocked.Digest = "sha256:22"; svc.Heal.Consecutive = 9 },
+			state.Service{Blocked: &state.Block{Digest: "sha256:22", Since: time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC), Reason: "unhealthy after deploy"}, Heal: state.Heal{Consecutive: 9}}},
+		{"clear an existing service", "web",
+			func(svc *state.Service) { *svc = state.Service{} },
+			state.Service{}},
+		{"add a new service", "db",
+			block("sha256:33"),
+			state.Service{Blocked: &state.Block{Digest: "sha256:33", Since: time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC), Reason: "unhealthy after deploy"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if err := s.Update(tt.service, tt.change); err == nil {
+			err := s.Update(tt.service, tt.change)
+			if err == nil {
 				t.Fatalf("Update(%s) with %s a file = nil, want an error", tt.service, dir)
 			}
-			if got := s.All(); !reflect.DeepEqual(got, before) {
-				t.Errorf("after a failed Update(%s) All() = %+v, want %+v", tt.service, got, before)
+			if !strings.Contains(err.Error(), "kept in memory") {
+				t.Errorf("Update(%s) error = %q, want it to say the change is kept in memory", tt.service, err)
+			}
+			if got := s.Get(tt.service); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("after a failed Update(%s) Get = %+v, want the change kept: %+v", tt.service, got, tt.want)
+			}
+			if !s.Dirty() {
+				t.Errorf("Dirty() = false after a failed Update(%s), want true", tt.service)
 			}
 		})
 	}
+	if _, ok := s.All()["web"]; ok {
+		t.Errorf("All() still has web after it was cleared in memory: %+v", s.All())
+	}
+	wantAll := map[string]state.Service{"db": s.Get("db")}
 
-	// Once the directory is back, the next Update writes the old state plus its change.
-	if err := os.Remove(dir); err != nil {
+	// Still broken: Flush fails, and nothing is lost or written.
+	if err := s.Flush(); err == nil {
+		t.Errorf("Flush() with %s a file = nil, want an error", dir)
+	} else if !strings.Contains(err.Error(), "kept in memory") {
+		t.Errorf("Flush() error = %q, want it to say the state is kept in memory", err)
+	}
+	if !s.Dirty() {
+		t.Error("Dirty() = false after a failed Flush, want true")
+	}
+	if got := s.All(); !reflect.DeepEqual(got, wantAll) {
+		t.Errorf("after a failed Flush All() = %+v, want %+v", got, wantAll)
+	}
+	if got := readFile(t, filepath.Join(aside, "state.json")); got != onDisk {
+		t.Errorf("failed saves changed the state file to\n%s\nwant it left as\n%s", got, onDisk)
+	}
+
+	repair()
+	if got := readFile(t, path); got != onDisk {
+		t.Fatalf("state file before Flush =\n%s\nwant the old content\n%s", got, onDisk)
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatalf("Flush after the directory is back: %v", err)
+	}
+	if s.Dirty() {
+		t.Error("Dirty() = true after a successful Flush, want false")
+	}
+	if got := open(t, path).All(); !reflect.DeepEqual(got, wantAll) {
+		t.Errorf("after Flush and reopen All() = %+v, want %+v", got, wantAll)
+	}
+	if got := s.All(); !reflect.DeepEqual(got, wantAll) {
+		t.Errorf("after Flush All() = %+v, want %+v", got, wantAll)
+	}
+}
+
+// TestUpdateHealsDirtyStore checks that any successful Update writes the
+// changes earlier failed Updates kept in memory, not only its own.
+func TestUpdateHealsDirtyStore(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "dockward")
+	path := filepath.Join(dir, "state.json")
+	s := open(t, path)
+	if err := s.Update("web", func(svc *state.Service) { svc.Heal.Consecutive = 1 }); err != nil {
 		t.Fatal(err)
 	}
+	_, repair := breakDir(t, dir)
+	if err := s.Update("web", block(badDigest)); err == nil {
+		t.Fatal("Update with the directory broken = nil, want an error")
+	}
+	if !s.Dirty() {
+		t.Fatal("Dirty() = false after a failed Update, want true")
+	}
+	repair()
+
 	if err := s.Update("db", func(svc *state.Service) { svc.Heal.Consecutive = 1 }); err != nil {
 		t.Fatalf("Update after the directory is back: %v", err)
 	}
+	if s.Dirty() {
+		t.Error("Dirty() = true after a successful Update, want false")
+	}
 	got := open(t, path).All()
-	want := map[string]state.Service{"web": before["web"], "db": {Heal: state.Heal{Consecutive: 1}}}
+	want := map[string]state.Service{
+		"web": {Blocked: &state.Block{Digest: badDigest, Since: time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC), Reason: "unhealthy after deploy"}, Heal: state.Heal{Consecutive: 1}},
+		"db":  {Heal: state.Heal{Consecutive: 1}},
+	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("after reopen All() = %+v, want %+v", got, want)
+	}
+}
+
+// TestFlushCleanStoreDoesNotWrite checks that Flush writes only when there is
+// something the file lacks: a rewrite would replace the file (a new inode).
+func TestFlushCleanStoreDoesNotWrite(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "dockward")
+	path := filepath.Join(dir, "state.json")
+	s := open(t, path)
+
+	// Nothing stored yet: Flush creates neither the file nor its directory.
+	if s.Dirty() {
+		t.Fatal("Dirty() = true on a freshly opened store, want false")
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatalf("Flush() on a fresh store: %v", err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("Flush on a fresh store created %s (stat error %v)", dir, err)
+	}
+
+	if err := s.Update("web", block(badDigest)); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Make sure a rewrite would show in the mtime even on a coarse clock.
+	old := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := os.Chtimes(path, old, old); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := s.Flush(); err != nil {
+			t.Fatalf("Flush() %d on a clean store: %v", i, err)
+		}
+	}
+	after, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !os.SameFile(before, after) {
+		t.Error("Flush on a clean store replaced the state file (new inode)")
+	}
+	if !after.ModTime().Equal(old) {
+		t.Errorf("Flush on a clean store changed the file's mtime to %v, want %v", after.ModTime(), old)
+	}
+	if s.Dirty() {
+		t.Error("Dirty() = true after Flush on a clean store, want false")
 	}
 }
 
@@ -376,6 +529,10 @@ func TestConcurrentUpdates(t *testing.T) {
 				}
 				_ = s.Get("shared")
 				_ = s.All()
+				_ = s.Dirty()
+				if err := s.Flush(); err != nil {
+					errs <- err
+				}
 			}
 		}()
 	}

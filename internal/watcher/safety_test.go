@@ -3,6 +3,8 @@ package watcher
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -11,6 +13,7 @@ import (
 	"github.com/dockward/dockward/internal/docker"
 	"github.com/dockward/dockward/internal/notify"
 	"github.com/dockward/dockward/internal/registry"
+	"github.com/dockward/dockward/internal/state"
 )
 
 // Containers that say nothing about a deploy are left out of its verdict.
@@ -119,6 +122,59 @@ func TestPullFailureAlertedOnce(t *testing.T) {
 		got := w.events()
 		if want := []notify.Event{notify.UpdateFailed, notify.UpdateStarted, notify.UpdateSucceeded}; !slices.Equal(got, want) {
 			t.Errorf("alerts = %v, want %v", got, want)
+		}
+	})
+}
+
+// A block whose save fails still holds: the next check does not deploy the
+// bad digest again, and the block reaches the file once the disk allows.
+func TestBlockHoldsWhenTheStateFileCannotBeWritten(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "state")
+		store, err := state.Open(filepath.Join(dir, "state.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := newWorld()
+		w.addProject("app", digestA, behaveHealthy)
+		w.push("app", digestB, behaveUnhealthy)
+		h := newHarnessWithStore(t, w, store, svc("app", true))
+
+		// The pull fills the disk: from then on every save fails (the state
+		// directory becomes a file).
+		pull := w.compose.pull
+		w.compose.pull = func(ctx context.Context, file, project string) error {
+			if err := os.RemoveAll(dir); err != nil {
+				return err
+			}
+			if err := os.WriteFile(dir, []byte("not a directory"), 0o600); err != nil {
+				return err
+			}
+			return pull(ctx, file, project)
+		}
+		if res := h.trigger(t, "app"); res.Outcome != RolledBack {
+			t.Fatalf("Trigger(app) = %+v, want %s", res, RolledBack)
+		}
+		if res := h.trigger(t, "app"); res.Outcome != SkipBlocked {
+			t.Fatalf("second Trigger(app) with an unwritable state file = %+v, want %s: the block must hold", res, SkipBlocked)
+		}
+		if n := w.count("pull"); n != 1 {
+			t.Errorf("%d pulls, want 1: the bad digest was deployed again", n)
+		}
+		if !store.Dirty() {
+			t.Errorf("store not dirty after failed saves")
+		}
+
+		if err := os.Remove(dir); err != nil {
+			t.Fatal(err)
+		}
+		h.u.PollAll(context.Background()) // every poll writes what is pending
+		reopened, err := state.Open(filepath.Join(dir, "state.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b := reopened.Get("app").Blocked; b == nil || b.Digest != digestB {
+			t.Errorf("state file after the disk recovered: blocked = %+v, want %s", b, digestB)
 		}
 	})
 }

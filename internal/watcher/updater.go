@@ -453,6 +453,11 @@ func (u *Updater) PollAll(ctx context.Context) {
 		}()
 	}
 	wg.Wait()
+	// Changes a failed save kept in memory are written as soon as the
+	// disk allows.
+	if err := u.store.Flush(); err != nil {
+		u.logger.Error("write state file", "err", err)
+	}
 	u.metrics.Polled(u.now())
 }
 
@@ -561,11 +566,7 @@ func (u *Updater) check(ctx context.Context, s *service) (*plan, Result) {
 			res.Outcome, res.Reason = SkipBlocked, b.Reason
 			return nil, res
 		}
-		if err := u.unblock(name); err != nil {
-			log.Error("clear blocked digest", "err", err)
-			res.Outcome, res.Reason = CheckFailed, err.Error()
-			return nil, res
-		}
+		u.unblock(name)
 		log.Info("new digest pushed; block cleared", "blocked", b.Digest, "digest", remote)
 		u.notify.Send(notify.Alert{Service: name, Event: notify.Unblocked, Level: notify.Info, Digest: remote, Image: s.ref.Local(),
 			Message: fmt.Sprintf("%s: a new digest was pushed, so the blocked digest %s is cleared", name, short(b.Digest))})
@@ -611,21 +612,20 @@ func (u *Updater) Unblock(name string) (state.Block, bool, error) {
 	if b == nil {
 		return state.Block{}, false, nil
 	}
-	if err := u.unblock(name); err != nil {
-		return state.Block{}, false, err
-	}
+	u.unblock(name)
 	u.logger.Info("blocked digest cleared by operator", "service", name, "digest", b.Digest)
 	u.notify.Send(notify.Alert{Service: name, Event: notify.Unblocked, Level: notify.Info, Digest: b.Digest,
 		Message: fmt.Sprintf("%s: digest %s unblocked by an operator; the next check may deploy it", name, short(b.Digest))})
 	return *b, true, nil
 }
 
-func (u *Updater) unblock(name string) error {
+// unblock clears a block. The store keeps the change in memory even when
+// the file cannot be written (and writes it later), so it always takes effect.
+func (u *Updater) unblock(name string) {
 	if err := u.store.Update(name, func(s *state.Service) { s.Blocked = nil }); err != nil {
-		return fmt.Errorf("unblock %s: %w", name, err)
+		u.logger.Error("persist unblock", "service", name, "err", err)
 	}
 	u.metrics.SetBlocked(name, false)
-	return nil
 }
 
 // Blocked lists blocked digests by service.
@@ -770,6 +770,9 @@ func (u *Updater) deploy(ctx context.Context, s *service, p *plan) Result {
 	if err := u.store.Update(name, func(st *state.Service) {
 		st.Deploy = &state.Deploy{Digest: p.remote, RollbackImage: p.current.imageID, Started: p.started}
 	}); err != nil {
+		// The record stays in memory: take it back, so that a later save
+		// does not persist a deploy that never began.
+		u.clearDeploy(name)
 		return notStarted("record the deploy in the state file", err)
 	}
 	// The in-flight record is cleared once the deploy has a verdict. If the
@@ -836,8 +839,9 @@ func (u *Updater) rollback(ctx context.Context, s *service, p *plan, res Result,
 
 	block := state.Block{Digest: res.Digest, Since: u.now(), Reason: reason}
 	if err := u.store.Update(name, func(st *state.Service) { st.Blocked = &block }); err != nil {
-		// Still roll back; the block lives in memory only until a restart.
-		log.Error("persist blocked digest", "err", err)
+		// Still roll back: the store keeps the block in memory and writes it
+		// on the next successful save (every poll tries).
+		log.Error("persist blocked digest (kept in memory; written on the next successful save)", "err", err)
 	}
 	u.metrics.SetBlocked(name, true)
 	u.notify.Send(notify.Alert{Service: name, Event: notify.Blocked, Level: notify.Warning, Digest: res.Digest, Image: s.ref.Local(),
