@@ -36,14 +36,7 @@ func TestSigtermDuringDeployRollsBackThenExits(t *testing.T) {
 	s.up()
 	s.start()
 
-	// Still "starting" for the whole grace period: the deploy is surely
-	// in verification when the signal comes, and fails at the deadline.
-	bad := s.push(image{mode: "unhealthy", startPeriod: "1h"})
-	badID := s.imageID(s.ref("latest"))
-	s.triggerAsync()
-	s.waitFor(60*time.Second, "the bad version to be deployed and running", func() (bool, string) {
-		return s.runsImage(badID)
-	})
+	bad, _ := s.deployStuck()
 	if !strings.Contains(s.proc.logs(), "new digest; deploying") {
 		t.Fatalf("the bad image runs but dockward did not log a deploy:\n%s", s.proc.logs())
 	}
@@ -96,12 +89,7 @@ func TestKill9MidDeployIsResumedOnStart(t *testing.T) {
 	s.up()
 	s.start()
 
-	bad := s.push(image{mode: "unhealthy", startPeriod: "1h"})
-	badID := s.imageID(s.ref("latest"))
-	s.triggerAsync()
-	s.waitFor(60*time.Second, "the bad version to be deployed and running", func() (bool, string) {
-		return s.runsImage(badID)
-	})
+	bad, badID := s.deployStuck()
 	if err := s.proc.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -347,6 +335,21 @@ func TestSystemdNotifyAndJournal(t *testing.T) {
 	}
 }
 
+// deployStuck pushes a version whose healthcheck stays "starting" for the
+// whole grace period, triggers its deploy, and returns its digest once it
+// runs, with its local image ID: the deploy is then surely in verification,
+// and fails at the deadline.
+func (s *scenario) deployStuck() (digest, imageID string) {
+	s.t.Helper()
+	bad := s.push(image{mode: "unhealthy", startPeriod: "1h"})
+	badID := s.imageID(s.ref("latest"))
+	s.triggerAsync()
+	s.waitFor(60*time.Second, "the bad version to be deployed and running", func() (bool, string) {
+		return s.runsImage(badID)
+	})
+	return bad, badID
+}
+
 // triggerAsync asks for a check without waiting for its outcome; a 409 (the
 // start-up poll is checking the service) is retried.
 func (s *scenario) triggerAsync() {
@@ -555,12 +558,7 @@ func TestSecondSignalExitsAtOnce(t *testing.T) {
 	s.up()
 	s.start()
 
-	bad := s.push(image{mode: "unhealthy", startPeriod: "1h"})
-	badID := s.imageID(s.ref("latest"))
-	s.triggerAsync()
-	s.waitFor(60*time.Second, "the bad version to be deployed and running", func() (bool, string) {
-		return s.runsImage(badID)
-	})
+	bad, _ := s.deployStuck()
 	if err := s.proc.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
