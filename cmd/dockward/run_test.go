@@ -18,6 +18,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/dockward/dockward/internal/registry/registrytest"
 )
 
 // noEnv is a getenv for tests that must not see the real environment.
@@ -221,12 +223,11 @@ func TestRunBadConfigDoesNotStart(t *testing.T) {
 // config rejects port 0, so the daemon cannot pick one itself.
 func freePort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	_, port, err := net.SplitHostPort(registrytest.FreeAddr(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
+	return port
 }
 
 // syncBuffer is a bytes.Buffer that the daemon's logger and the test can

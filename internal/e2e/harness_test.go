@@ -240,29 +240,49 @@ func (s *scenario) serviceConfig() map[string]any {
 	return c
 }
 
-// start runs dockward with the scenario's config and waits for /health.
+// start runs dockward with the scenario's config and waits until it
+// answers /health. The API port is picked free, but another process may
+// take it before dockward binds it: then dockward exits, and start tries
+// again on another port. Its own "started" log line, naming the port, tells
+// its answers from those of whoever else holds the port.
 func (s *scenario) start() {
 	s.t.Helper()
-	if s.apiPort == 0 {
-		s.apiPort = freePort(s.t)
-		s.api = fmt.Sprintf("http://127.0.0.1:%d", s.apiPort)
-	}
-	b, err := json.MarshalIndent(s.config(), "", "  ")
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	cfgPath := filepath.Join(s.dir, "config.json")
-	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
-		s.t.Fatal(err)
-	}
-	s.proc = startProcess(s.t, s.env, dockwardBin, "-config", cfgPath)
-	s.waitFor(20*time.Second, "dockward to answer /health", func() (bool, string) {
-		if exited, err := s.proc.exited(); exited {
-			s.t.Fatalf("dockward exited during start: %v\n%s", err, s.proc.logs())
+	for attempt := 1; ; attempt++ {
+		if s.apiPort == 0 {
+			s.apiPort = freePort(s.t)
+			s.api = fmt.Sprintf("http://127.0.0.1:%d", s.apiPort)
 		}
-		code, body := s.request("GET", "/health")
-		return code == 200, body
-	})
+		b, err := json.MarshalIndent(s.config(), "", "  ")
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		cfgPath := filepath.Join(s.dir, "config.json")
+		if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
+			s.t.Fatal(err)
+		}
+		s.proc = startProcess(s.t, s.env, dockwardBin, "-config", cfgPath)
+		bound := fmt.Sprintf("api=127.0.0.1:%d ", s.apiPort)
+		taken := false
+		s.waitFor(20*time.Second, "dockward to answer /health", func() (bool, string) {
+			if exited, err := s.proc.exited(); exited {
+				if strings.Contains(s.proc.logs(), "address already in use") && attempt < 5 {
+					taken = true
+					return true, ""
+				}
+				s.t.Fatalf("dockward exited during start: %v\n%s", err, s.proc.logs())
+			}
+			if !strings.Contains(s.proc.logs(), bound) {
+				return false, "not listening yet"
+			}
+			code, body := s.request("GET", "/health")
+			return code == 200, body
+		})
+		if !taken {
+			return
+		}
+		s.t.Logf("API port %d was taken before dockward bound it; trying another", s.apiPort)
+		s.apiPort = 0
+	}
 }
 
 // stop sends SIGTERM and waits for a clean exit.
@@ -633,12 +653,12 @@ func runTool(t *testing.T, name string, args ...string) string {
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	_, port, _ := net.SplitHostPort(registrytest.FreeAddr(t))
+	n, err := strconv.Atoi(port)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return n
 }
 
 func copyFile(t *testing.T, from, to string) {

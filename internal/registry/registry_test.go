@@ -6,12 +6,13 @@ import (
 	"crypto/sha512"
 	"encoding/hex"
 	"errors"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dockward/dockward/internal/registry/registrytest"
 )
 
 var manifestTypes = []string{
@@ -305,12 +306,7 @@ func TestDigestCanceledIsOther(t *testing.T) {
 }
 
 func TestDigestNetworkError(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close() // nothing listens there now
+	addr := registrytest.FreeAddr(t) // nothing listens there
 	c, err := New("http://" + addr)
 	if err != nil {
 		t.Fatal(err)

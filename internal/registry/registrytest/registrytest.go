@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -38,7 +39,7 @@ func Start(t testing.TB) string {
 		t.Fatalf("docker-registry not found (%v): install it with `apt-get install docker-registry` (Debian's distribution 2.8); the registry tests need a real registry", err)
 	}
 	dir := t.TempDir()
-	addr := freeAddr(t)
+	addr := FreeAddr(t)
 	config := fmt.Sprintf(`version: 0.1
 log:
   level: warn
@@ -108,15 +109,25 @@ func describe(resp *http.Response, err error) string {
 	return resp.Status
 }
 
-// freeAddr returns a 127.0.0.1 address with a port that was free a moment ago.
-func freeAddr(t testing.TB) string {
+// FreeAddr returns a 127.0.0.1 address whose port was free a moment ago.
+// It is drawn below the kernel's ephemeral range (32768 and up on Linux),
+// which outgoing connections use: a port from ":0" is in that range and
+// can be taken by any client socket before the server that was meant to
+// have it binds it.
+func FreeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("find a free port: %v", err)
+	for range 100 {
+		port := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue // in use
+		}
+		addr := l.Addr().String()
+		l.Close()
+		return addr
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatalf("no free port found in 20000-31999")
+	return ""
 }
 
 // Push uploads a tiny single-layer image to repository:tag of the registry at
