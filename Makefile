@@ -7,7 +7,7 @@ PREFIX   ?= /usr/local
 E2E_PARALLEL ?= 8
 STATICCHECK := $(shell go env GOPATH)/bin/staticcheck
 
-.PHONY: help build release install deps check test unit e2e bench demo clean
+.PHONY: help build release install deps check test unit e2e fuzz bench demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -40,13 +40,18 @@ test: deps ## everything: gofmt, vet, staticcheck, unit and end-to-end tests aga
 	@out=$$(gofmt -l cmd internal deploy); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	go vet ./...
 	$(STATICCHECK) ./...
+	.ci/vulncheck
 	go test -race -count=1 -timeout 30m -parallel $(E2E_PARALLEL) ./...
+	.ci/fuzz
 
 unit: ## unit tests only (no Docker needed)
 	go test -race -count=1 $$(go list ./... | grep -v -e /internal/e2e -e /deploy)
 
 e2e: deps ## end-to-end tests only
 	go test -count=1 -timeout 30m -parallel $(E2E_PARALLEL) -v ./internal/e2e
+
+fuzz: ## every fuzz target for FUZZTIME (default 4s) each
+	.ci/fuzz
 
 bench: ## benchmarks
 	go test -run '^$$' -bench . -benchmem -count 6 ./...
