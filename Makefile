@@ -53,7 +53,9 @@ e2e: deps ## end-to-end tests only
 fuzz: ## every fuzz target for FUZZTIME (default 4s) each
 	.ci/fuzz
 
-bench: ## benchmarks
+BENCH_OUT ?= bench.json
+bench: ## the end-to-end benchmark (table for BENCHMARKS.md, JSON in $(BENCH_OUT)), then the Go micro-benchmarks
+	go test -count=1 -timeout 60m -run TestBench -v ./internal/bench -args -dockward.full -dockward.out=$(abspath $(BENCH_OUT))
 	go test -run '^$$' -bench . -benchmem -count 6 ./...
 
 demo: build deps ## a local registry, a sample app, a good push and a bad one
