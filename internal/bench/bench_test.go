@@ -56,7 +56,7 @@ func testMain(m *testing.M) int {
 	// The release build, as `make build` makes it.
 	for _, b := range []struct {
 		out, pkg string
-		flags   []string
+		flags    []string
 	}{
 		{dockwardBin, "../../cmd/dockward", []string{"-trimpath", "-ldflags", "-s -w -X main.version=bench"}},
 		{testappBin, "../e2e/testapp", nil},
