@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -93,6 +97,9 @@ func runCheck(args []string, getenv func(string) string, stdout, stderr io.Write
 	for _, w := range stopWarnings(cfg) {
 		fmt.Fprintln(stdout, "warning:", w)
 	}
+	for _, w := range engineWarnings(cfg, getenv) {
+		fmt.Fprintln(stdout, "warning:", w)
+	}
 	fmt.Fprintf(stdout, "%s: config OK (%d services)\n", *configPath, len(cfg.Services))
 	return nil
 }
@@ -111,6 +118,76 @@ func stopWarnings(cfg *config.Config) []string {
 		}
 	}
 	return out
+}
+
+// engineWarnings says when the environment names a Docker engine other
+// than docker.socket: dockward's client and compose use docker.socket only
+// (compose gets DOCKER_HOST=unix://<docker.socket> and no DOCKER_CONTEXT),
+// so a DOCKER_HOST or DOCKER_CONTEXT meant for Dockward is not what it uses.
+func engineWarnings(cfg *config.Config, getenv func(string) string) []string {
+	var out []string
+	socket := cfg.Docker.Socket
+	if host := getenv("DOCKER_HOST"); host != "" && !sameSocket(host, socket) {
+		out = append(out, fmt.Sprintf("DOCKER_HOST=%s differs from docker.socket %s: dockward and compose use docker.socket only; set docker.socket to the engine you mean", host, socket))
+	}
+	name := getenv("DOCKER_CONTEXT")
+	if name == "" {
+		return out
+	}
+	host, err := contextHost(name, getenv)
+	switch {
+	case err != nil:
+		out = append(out, fmt.Sprintf("DOCKER_CONTEXT=%s is set (%v): dockward and compose ignore it and use docker.socket %s", name, err, socket))
+	case !sameSocket(host, socket):
+		out = append(out, fmt.Sprintf("DOCKER_CONTEXT=%s (engine %s) differs from docker.socket %s: dockward and compose use docker.socket only; set docker.socket to the engine you mean", name, host, socket))
+	}
+	return out
+}
+
+// sameSocket reports whether a DOCKER_HOST value names the unix socket at
+// path.
+func sameSocket(host, path string) bool {
+	p, ok := strings.CutPrefix(host, "unix://")
+	return ok && filepath.Clean(p) == filepath.Clean(path)
+}
+
+// contextHost reads the Docker endpoint of a docker CLI context from its
+// metadata: $DOCKER_CONFIG/contexts/meta/<sha256 of the name>/meta.json,
+// $HOME/.docker without DOCKER_CONFIG. The context "default" is
+// /var/run/docker.sock unless DOCKER_HOST says otherwise.
+func contextHost(name string, getenv func(string) string) (string, error) {
+	if name == "default" {
+		if host := getenv("DOCKER_HOST"); host != "" {
+			return host, nil
+		}
+		return "unix:///var/run/docker.sock", nil
+	}
+	dir := getenv("DOCKER_CONFIG")
+	if dir == "" {
+		home := getenv("HOME")
+		if home == "" {
+			return "", errors.New("no DOCKER_CONFIG or HOME to find its metadata in")
+		}
+		dir = filepath.Join(home, ".docker")
+	}
+	sum := sha256.Sum256([]byte(name))
+	path := filepath.Join(dir, "contexts", "meta", hex.EncodeToString(sum[:]), "meta.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read its metadata: %w", err)
+	}
+	var meta struct {
+		Endpoints struct {
+			Docker struct{ Host string }
+		}
+	}
+	if err := json.Unmarshal(b, &meta); err != nil {
+		return "", fmt.Errorf("read its metadata %s: %w", path, err)
+	}
+	if meta.Endpoints.Docker.Host == "" {
+		return "", fmt.Errorf("its metadata %s names no Docker endpoint", path)
+	}
+	return meta.Endpoints.Docker.Host, nil
 }
 
 // loadFull loads a config and also checks what other packages parse from it
@@ -155,7 +232,10 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 	if err != nil {
 		return err
 	}
-	runner, err := compose.New(ctx, cfg.Docker.ComposeCommand, logger, cfg.Docker.ComposeTimeout.Duration())
+	// Compose reaches the engine that the client inspects, whatever
+	// DOCKER_HOST or DOCKER_CONTEXT the unit may carry.
+	runner, err := compose.New(ctx, cfg.Docker.ComposeCommand, logger, cfg.Docker.ComposeTimeout.Duration(),
+		compose.WithEngine(cfg.Docker.Socket))
 	if err != nil {
 		return err
 	}
@@ -190,8 +270,11 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 	for _, w := range stopWarnings(cfg) {
 		logger.Warn(w)
 	}
+	for _, w := range engineWarnings(cfg, getenv) {
+		logger.Warn(w)
+	}
 	logger.Info("dockward started", "version", version, "config", configPath, "state", store.Path(),
-		"api", ln.Addr().String(), "compose", runner.Version(), "services", len(cfg.Services))
+		"api", ln.Addr().String(), "engine", runner.Engine(), "compose", runner.Version(), "services", len(cfg.Services))
 
 	// Notifications outlive the other parts so that alerts about the stop
 	// itself are flushed.

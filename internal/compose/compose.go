@@ -35,6 +35,54 @@ type Runner struct {
 	version string // as the command reports it, such as "v2.20.2" or "1.29.2"
 	logger  *slog.Logger
 	timeout time.Duration
+	env     []string // "KEY=value" set for every run, over the inherited ones
+	unset   []string // inherited variables removed from every run
+	engine  string   // DOCKER_HOST set by WithEngine, or ""
+}
+
+// Option adjusts a Runner. Options apply in order; for one variable, the
+// last one wins.
+type Option func(*Runner)
+
+// WithEnv sets environment variables, each "KEY=value", for every compose
+// process, replacing inherited variables of the same name.
+func WithEnv(kv ...string) Option {
+	return func(r *Runner) {
+		for _, e := range kv {
+			key, _, _ := strings.Cut(e, "=")
+			r.unset = slices.DeleteFunc(r.unset, func(k string) bool { return k == key })
+			r.env = append(slices.DeleteFunc(r.env, func(old string) bool { return envKey(old) == key }), e)
+		}
+	}
+}
+
+// WithoutEnv removes inherited environment variables from every compose
+// process.
+func WithoutEnv(keys ...string) Option {
+	return func(r *Runner) {
+		for _, key := range keys {
+			r.env = slices.DeleteFunc(r.env, func(old string) bool { return envKey(old) == key })
+			if !slices.Contains(r.unset, key) {
+				r.unset = append(r.unset, key)
+			}
+		}
+	}
+}
+
+// WithEngine has compose talk to the engine listening on the unix socket at
+// path, the one Dockward's own client uses: DOCKER_HOST=unix://path, and no
+// inherited DOCKER_CONTEXT, which the docker CLI could prefer.
+func WithEngine(socket string) Option {
+	return func(r *Runner) {
+		r.engine = "unix://" + socket
+		WithEnv("DOCKER_HOST=" + r.engine)(r)
+		WithoutEnv("DOCKER_CONTEXT")(r)
+	}
+}
+
+func envKey(kv string) string {
+	key, _, _ := strings.Cut(kv, "=")
+	return key
 }
 
 // UpOptions adjust Up.
@@ -50,8 +98,9 @@ type UpOptions struct {
 // ["/usr/bin/docker-compose"]. With no command it looks for
 // "docker compose" (the v2 plugin), then for docker-compose (v1) in PATH.
 // Either way it runs "<command> version" to learn which compose it has.
-// timeout bounds each run.
-func New(ctx context.Context, command []string, logger *slog.Logger, timeout time.Duration) (*Runner, error) {
+// timeout bounds each run. The options set the environment of the runs,
+// the version probe included.
+func New(ctx context.Context, command []string, logger *slog.Logger, timeout time.Duration, opts ...Option) (*Runner, error) {
 	if timeout <= 0 {
 		return nil, fmt.Errorf("compose timeout %v: must be positive", timeout)
 	}
@@ -59,11 +108,19 @@ func New(ctx context.Context, command []string, logger *slog.Logger, timeout tim
 		logger = slog.New(slog.DiscardHandler)
 	}
 	r := &Runner{logger: logger, timeout: timeout}
+	for _, opt := range opts {
+		opt(r)
+	}
+	for _, e := range r.env {
+		if key, _, ok := strings.Cut(e, "="); !ok || key == "" {
+			return nil, fmt.Errorf("compose environment %q: want KEY=value", e)
+		}
+	}
 	if len(command) > 0 {
 		if command[0] == "" {
 			return nil, fmt.Errorf("compose command %q: empty program name", command)
 		}
-		v2, version, err := probe(ctx, command, timeout)
+		v2, version, err := r.probe(ctx, command)
 		if err != nil {
 			return nil, fmt.Errorf("compose command %q: %w", strings.Join(command, " "), err)
 		}
@@ -76,7 +133,7 @@ func New(ctx context.Context, command []string, logger *slog.Logger, timeout tim
 			errs = append(errs, fmt.Sprintf("%s: not in PATH", cand[0]))
 			continue
 		}
-		v2, version, err := probe(ctx, cand, timeout)
+		v2, version, err := r.probe(ctx, cand)
 		if err != nil {
 			errs = append(errs, fmt.Sprintf("%s: %v", strings.Join(cand, " "), err))
 			continue
@@ -89,11 +146,12 @@ func New(ctx context.Context, command []string, logger *slog.Logger, timeout tim
 
 // probe runs "<command> version" and parses the version it prints, such as
 // "Docker Compose version v2.20.2" or "docker-compose version 1.29.2, build 5becea4c".
-func probe(ctx context.Context, command []string, timeout time.Duration) (v2 bool, version string, err error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+func (r *Runner) probe(ctx context.Context, command []string) (v2 bool, version string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	args := append(slices.Clone(command[1:]), "version")
 	cmd := exec.CommandContext(ctx, command[0], args...)
+	cmd.Env = r.environ("")
 	setProcessGroup(cmd)
 	cmd.WaitDelay = waitDelay
 	var out tailBuffer
@@ -138,6 +196,28 @@ func parseVersion(out string) (version string, major int, ok bool) {
 // Version describes the compose in use, such as "docker compose v2.20.2" or
 // "docker-compose 1.29.2".
 func (r *Runner) Version() string { return strings.Join(r.command, " ") + " " + r.version }
+
+// Engine is the DOCKER_HOST that compose is given, such as
+// "unix:///var/run/docker.sock"; "" when it inherits Dockward's environment.
+func (r *Runner) Engine() string { return r.engine }
+
+// environ is the environment of a compose process run in dir: Dockward's
+// own, less the variables the options remove or replace, plus those they
+// set, and PWD=dir as os/exec sets it when it builds the environment itself.
+func (r *Runner) environ(dir string) []string {
+	if len(r.env) == 0 && len(r.unset) == 0 {
+		return nil // os/exec passes os.Environ() and sets PWD
+	}
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		key := envKey(kv)
+		return slices.Contains(r.unset, key) || slices.ContainsFunc(r.env, func(e string) bool { return envKey(e) == key })
+	})
+	env = append(env, r.env...)
+	if dir != "" {
+		env = append(env, "PWD="+dir)
+	}
+	return env
+}
 
 // Pull runs "<compose> -f file -p project pull".
 func (r *Runner) Pull(ctx context.Context, file, project string) error {
@@ -185,7 +265,7 @@ func (r *Runner) run(ctx context.Context, op, file, project string, args ...stri
 	defer cancel()
 	cmd := exec.CommandContext(runCtx, r.command[0], full...)
 	cmd.Dir = filepath.Dir(file)
-	// Env stays nil: the child inherits os.Environ(), with PWD set to Dir.
+	cmd.Env = r.environ(cmd.Dir)
 	setProcessGroup(cmd)
 	cmd.WaitDelay = waitDelay
 	var out tailBuffer
