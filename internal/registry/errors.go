@@ -24,6 +24,9 @@ var (
 	ErrNetwork = errors.New("network error")
 	// ErrBadResponse: the registry answered, but with something unusable.
 	ErrBadResponse = errors.New("bad registry response")
+	// ErrRateLimited: the registry or its token server answered 429, or
+	// the client is still backing off after one.
+	ErrRateLimited = errors.New("rate limited")
 )
 
 // Labels returned by Kind. They are stable: callers use them as Prometheus
@@ -35,6 +38,7 @@ const (
 	KindTimeout      = "timeout"
 	KindNetwork      = "network"
 	KindBadResponse  = "bad_response"
+	KindRateLimited  = "rate_limited"
 	KindOther        = "other"
 )
 
@@ -56,18 +60,24 @@ func Kind(err error) string {
 		return KindNetwork
 	case errors.Is(err, ErrBadResponse):
 		return KindBadResponse
+	case errors.Is(err, ErrRateLimited):
+		return KindRateLimited
 	default:
 		return KindOther
 	}
 }
 
 // StatusError reports a registry answer with an unexpected HTTP status. It
-// matches ErrNotFound (404), ErrUnauthorized (401, 403) and ErrServer (5xx)
-// under errors.Is.
+// matches ErrNotFound (404), ErrUnauthorized (401, 403), ErrRateLimited
+// (429) and ErrServer (5xx) under errors.Is.
 type StatusError struct {
 	Method     string
 	Path       string
 	StatusCode int
+	// Auth says what the request was authenticated with, such as
+	// `Bearer auth (token from https://auth.example.com/token as user "ci")`;
+	// never a secret. Empty when unknown.
+	Auth string
 	// Challenges are parsed from the WWW-Authenticate header, if any.
 	Challenges []Challenge
 }
@@ -75,6 +85,9 @@ type StatusError struct {
 func (e *StatusError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s: %d %s", e.Method, e.Path, e.StatusCode, http.StatusText(e.StatusCode))
+	if e.Auth != "" && (e.StatusCode == http.StatusUnauthorized || e.StatusCode == http.StatusForbidden) {
+		b.WriteString(" after " + e.Auth)
+	}
 	if len(e.Challenges) > 0 {
 		b.WriteString(" (www-authenticate: ")
 		for i, c := range e.Challenges {
@@ -97,6 +110,8 @@ func (e *StatusError) Is(target error) bool {
 		return e.StatusCode == http.StatusUnauthorized || e.StatusCode == http.StatusForbidden
 	case ErrServer:
 		return e.StatusCode >= 500 && e.StatusCode <= 599
+	case ErrRateLimited:
+		return e.StatusCode == http.StatusTooManyRequests
 	}
 	return false
 }
@@ -110,6 +125,14 @@ func statusError(resp *http.Response) *StatusError {
 	if h := resp.Header.Values("WWW-Authenticate"); len(h) > 0 {
 		e.Challenges = ParseChallenges(strings.Join(h, ", "))
 	}
+	return e
+}
+
+// statusErrorAfter is statusError, noting how the request was
+// authenticated.
+func statusErrorAfter(resp *http.Response, at attempt) *StatusError {
+	e := statusError(resp)
+	e.Auth = at.String()
 	return e
 }
 

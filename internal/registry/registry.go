@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/sha512"
+	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"hash"
@@ -14,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -33,11 +35,15 @@ const acceptManifests = "application/vnd.docker.distribution.manifest.v2+json, "
 
 // Client talks to one registry. It is safe for concurrent use.
 type Client struct {
-	base     *url.URL
-	hc       *http.Client
-	timeout  time.Duration
-	username string
-	password string
+	base    *url.URL
+	hc      *http.Client
+	tls     *tls.Config
+	timeout time.Duration
+	now     func() time.Time
+
+	mu    sync.Mutex
+	creds CredentialSource // nil: anonymous
+	auth  authState
 }
 
 // Option configures a Client.
@@ -47,10 +53,20 @@ type Option func(*Client)
 // the default is DefaultTimeout. A shorter deadline on the call's context wins.
 func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = d } }
 
-// WithBasicAuth sends HTTP basic credentials with each request.
+// WithBasicAuth authenticates with a username and password, as the
+// registry's challenge asks: Basic, or Bearer with a token server.
 func WithBasicAuth(username, password string) Option {
-	return func(c *Client) { c.username, c.password = username, password }
+	return WithCredentials(Static{Username: username, Password: password})
 }
+
+// WithCredentials takes the credentials from src, asked when the registry
+// first challenges and again after it refused them.
+func WithCredentials(src CredentialSource) Option { return func(c *Client) { c.creds = src } }
+
+// WithTLSConfig sets the TLS configuration of the client's own transport,
+// used for the registry and its token server: a private CA's pool, or an
+// explicit InsecureSkipVerify. It has no effect with WithHTTPClient.
+func WithTLSConfig(cfg *tls.Config) Option { return func(c *Client) { c.tls = cfg } }
 
 // WithHTTPClient replaces the client's own keep-alive HTTP client, for
 // instance to trust a private CA. Calls are still bounded by the timeout.
@@ -76,6 +92,7 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	c := &Client{
 		base:    &url.URL{Scheme: u.Scheme, Host: u.Host},
 		timeout: DefaultTimeout,
+		now:     time.Now,
 	}
 	for _, opt := range opts {
 		opt(c)
@@ -84,7 +101,11 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 		return nil, fmt.Errorf("registry timeout %v: must be positive", c.timeout)
 	}
 	if c.hc == nil {
-		c.hc = &http.Client{Transport: newTransport(c.timeout)}
+		tr := newTransport(c.timeout)
+		tr.TLSClientConfig = c.tls
+		// Never follow a redirect with the Authorization header to
+		// another host: Go drops it there, which is what is wanted.
+		c.hc = &http.Client{Transport: tr}
 	}
 	return c, nil
 }
@@ -114,14 +135,14 @@ func (c *Client) Host() string { return c.base.Host }
 func (c *Client) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	resp, err := c.do(ctx, http.MethodGet, "/v2/")
+	resp, at, err := c.do(ctx, http.MethodGet, "/v2/")
 	if err != nil {
 		return fmt.Errorf("ping registry %s: %w", c.base.Host, err)
 	}
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("ping registry %s: %w", c.base.Host, statusError(resp))
+		return fmt.Errorf("ping registry %s: %w", c.base.Host, statusErrorAfter(resp, at))
 	}
 	return nil
 }
@@ -147,7 +168,7 @@ func (c *Client) digest(ctx context.Context, repository, tag string) (string, er
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	path := "/v2/" + repository + "/manifests/" + tag
-	resp, err := c.do(ctx, http.MethodHead, path)
+	resp, at, err := c.do(ctx, http.MethodHead, path)
 	if err != nil {
 		return "", err
 	}
@@ -162,20 +183,20 @@ func (c *Client) digest(ctx context.Context, repository, tag string) (string, er
 		}
 	case http.StatusMethodNotAllowed:
 	default:
-		return "", statusError(resp)
+		return "", statusErrorAfter(resp, at)
 	}
 	return c.digestFromBody(ctx, path)
 }
 
 // digestFromBody fetches the manifest and hashes its exact bytes.
 func (c *Client) digestFromBody(ctx context.Context, path string) (string, error) {
-	resp, err := c.do(ctx, http.MethodGet, path)
+	resp, at, err := c.do(ctx, http.MethodGet, path)
 	if err != nil {
 		return "", err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return "", statusError(resp)
+		return "", statusErrorAfter(resp, at)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
 	if err != nil {
@@ -203,27 +224,6 @@ func (c *Client) digestFromBody(ctx context.Context, path string) (string, error
 		return "", badResponse("GET %s: Docker-Content-Digest %s does not match the manifest's bytes (%s)", path, h, computed)
 	}
 	return h, nil
-}
-
-// do sends a request; the caller closes the body. Transport errors come back
-// classified as ErrTimeout or ErrNetwork.
-func (c *Client) do(ctx context.Context, method, path string) (*http.Response, error) {
-	u := *c.base
-	u.Path = path
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	req.Header.Set("Accept", acceptManifests)
-	req.Header.Set("User-Agent", "dockward")
-	if c.username != "" || c.password != "" {
-		req.SetBasicAuth(c.username, c.password)
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return nil, classifyTransport(ctx, err)
-	}
-	return resp, nil
 }
 
 // validDigest reports whether d is "sha256:" and 64 lowercase hex digits, or
