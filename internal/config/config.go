@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -37,11 +38,114 @@ type Config struct {
 	Services      []Service     `json:"services"`
 }
 
-// Registry is the Registry v2 endpoint that CI pushes to.
+// Registry is the Registry v2 endpoint that CI pushes to. The credentials
+// are optional: an open registry needs none. At most one source of them is
+// set: username with password or password_file, or docker_config.
 type Registry struct {
 	URL          string  `json:"url"`
 	PollInterval Seconds `json:"poll_interval"`
 	Timeout      Seconds `json:"timeout"`
+	Username     string  `json:"username,omitempty"`
+	Password     string  `json:"password,omitempty"`
+	// PasswordFile is read at start and on reload; it may start with
+	// $CREDENTIALS_DIRECTORY/ (systemd's LoadCredential=).
+	PasswordFile string `json:"password_file,omitempty"`
+	// DockerConfig is a Docker CLI config.json (auths, credHelpers or
+	// credsStore). When no credentials are set and $DOCKER_CONFIG/config.json
+	// exists, that file is used.
+	DockerConfig string `json:"docker_config,omitempty"`
+	// CAFile is a PEM bundle added to the system's roots, for a registry
+	// signed by a private CA.
+	CAFile             string `json:"ca_file,omitempty"`
+	InsecureSkipVerify bool   `json:"insecure_skip_verify,omitempty"`
+}
+
+// credentialsDirectory prefixes a password_file under systemd's
+// LoadCredential=.
+const credentialsDirectory = "$CREDENTIALS_DIRECTORY/"
+
+// PasswordPath returns password_file with $CREDENTIALS_DIRECTORY expanded,
+// or "" when it is unset or the variable is.
+func (r Registry) PasswordPath(getenv func(string) string) string {
+	rest, ok := strings.CutPrefix(r.PasswordFile, credentialsDirectory)
+	if !ok {
+		return r.PasswordFile
+	}
+	dir := getenv("CREDENTIALS_DIRECTORY")
+	if dir == "" {
+		return ""
+	}
+	return filepath.Join(dir, rest)
+}
+
+// ReadPassword returns the password: registry.password, or the first line
+// of password_file. It never quotes the file.
+func (r Registry) ReadPassword(getenv func(string) string) (string, error) {
+	if r.PasswordFile == "" {
+		return r.Password, nil
+	}
+	path := r.PasswordPath(getenv)
+	if path == "" {
+		return "", errors.New("registry.password_file: starts with $CREDENTIALS_DIRECTORY, which is not set (LoadCredential= in the unit sets it)")
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("registry.password_file: %w", err)
+	}
+	pw, _, _ := strings.Cut(string(b), "\n")
+	pw = strings.TrimRight(pw, "\r")
+	if pw == "" {
+		return "", fmt.Errorf("registry.password_file: %s: the first line is empty", path)
+	}
+	return pw, nil
+}
+
+func (r Registry) validate(p *problems, u *url.URL) {
+	const f = "registry."
+	switch {
+	case r.Username != "" && r.Password == "" && r.PasswordFile == "":
+		p.add(f+"username", "is set, but neither password nor password_file is")
+	case r.Username == "" && (r.Password != "" || r.PasswordFile != ""):
+		p.add(f+"username", "is required with a password or password_file")
+	case r.Password != "" && r.PasswordFile != "":
+		p.add(f+"password", "and password_file are both set; set one")
+	}
+	if r.PasswordFile != "" && !filepath.IsAbs(r.PasswordFile) && !strings.HasPrefix(r.PasswordFile, credentialsDirectory) {
+		p.add(f+"password_file", "must be an absolute path or start with $CREDENTIALS_DIRECTORY/, got %q", r.PasswordFile)
+	}
+	if r.DockerConfig != "" {
+		switch {
+		case r.Username != "":
+			p.add(f+"docker_config", "and username are both set: use one source of credentials")
+		case !filepath.IsAbs(r.DockerConfig):
+			p.add(f+"docker_config", "must be an absolute path, got %q", r.DockerConfig)
+		case filepath.Base(r.DockerConfig) != "config.json":
+			p.add(f+"docker_config", "must be a file named config.json (compose reads $DOCKER_CONFIG/config.json), got %q", r.DockerConfig)
+		}
+	}
+	if r.CAFile != "" && !filepath.IsAbs(r.CAFile) {
+		p.add(f+"ca_file", "must be an absolute path, got %q", r.CAFile)
+	}
+	if r.CAFile != "" && r.InsecureSkipVerify {
+		p.add(f+"insecure_skip_verify", "and ca_file are both set; with a CA file the certificate can be verified")
+	}
+	if u == nil {
+		return
+	}
+	if u.Scheme == "http" && (r.CAFile != "" || r.InsecureSkipVerify) {
+		p.add(f+"url", "is http://, but ca_file or insecure_skip_verify is set: use https://")
+	}
+	if u.Scheme == "http" && r.Username != "" && !isLoopback(u.Hostname()) {
+		p.add(f+"url", "is http:// to a host that is not loopback: credentials are only sent over https")
+	}
+}
+
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // API is the local HTTP API. It always binds to 127.0.0.1.
@@ -348,6 +452,10 @@ func (c *Config) Validate() error {
 	default:
 		registryHost = u.Host
 	}
+	if registryHost == "" {
+		u = nil
+	}
+	c.Registry.validate(&p, u)
 	p.positive("registry.poll_interval", c.Registry.PollInterval)
 	p.positive("registry.timeout", c.Registry.Timeout)
 

@@ -151,6 +151,10 @@ func TestParseAccepts(t *testing.T) {
 			func(c *config.Config) any { return c.Notifications.SMTP.To }, config.StringList{"ops@x.org"}},
 		{"smtp to as a list", withTop(`"notifications": {"smtp": {"host": "mail.local", "port": 587, "from": "d@x.org", "to": ["a@x.org", "b@x.org"]}},`),
 			func(c *config.Config) any { return c.Notifications.SMTP.To }, config.StringList{"a@x.org", "b@x.org"}},
+		{"credentials over http to loopback", withTop(`"registry": {"url": "http://127.0.0.1:5000", "username": "ci", "password_file": "$CREDENTIALS_DIRECTORY/registry"},`),
+			func(c *config.Config) any { return c.Registry.PasswordFile }, "$CREDENTIALS_DIRECTORY/registry"},
+		{"docker_config and ca_file", withTop(`"registry": {"url": "https://r.example.com", "docker_config": "/var/lib/dockward/docker/config.json", "ca_file": "/etc/dockward/ca.pem"},`),
+			func(c *config.Config) any { return c.Registry.CAFile }, "/etc/dockward/ca.pem"},
 		{"fractional poll_interval", withTop(`"registry": {"poll_interval": 0.5},`), func(c *config.Config) any { return c.Registry.PollInterval.Duration().String() }, "500ms"},
 		{"fractional health_poll_interval", withService(`, "health_poll_interval": 0.25`), func(c *config.Config) any { return c.Services[0].HealthPollInterval }, config.Seconds(0.25)},
 		{"heal_cooldown 0 means no cooldown", withService(`, "heal_cooldown": 0`), func(c *config.Config) any { return c.Services[0].HealCooldown }, config.Seconds(0)},
@@ -195,6 +199,17 @@ func TestParseRejects(t *testing.T) {
 		{"poll_interval rounds to 0ns", withTop(`"registry": {"poll_interval": 1e-10},`), "registry.poll_interval: must be at least 1ns and less than 292 years, got 1e-10 seconds"},
 		{"poll_interval overflows a Duration", withTop(`"registry": {"poll_interval": 1e10},`), "registry.poll_interval: must be at least 1ns and less than 292 years, got 1e+10 seconds"},
 		{"registry.timeout 0", withTop(`"registry": {"timeout": 0},`), "registry.timeout: must be a positive number of seconds, got 0"},
+		// Registry credentials and TLS: one source, sent only where safe.
+		{"username without password", withTop(`"registry": {"url": "https://r.example.com", "username": "ci"},`), "registry.username: is set, but neither password nor password_file is"},
+		{"password without username", withTop(`"registry": {"url": "https://r.example.com", "password": "pw"},`), "registry.username: is required with a password or password_file"},
+		{"password and password_file", withTop(`"registry": {"url": "https://r.example.com", "username": "ci", "password": "pw", "password_file": "/etc/pw"},`), "registry.password: and password_file are both set; set one"},
+		{"relative password_file", withTop(`"registry": {"url": "https://r.example.com", "username": "ci", "password_file": "pw"},`), `registry.password_file: must be an absolute path or start with $CREDENTIALS_DIRECTORY/, got "pw"`},
+		{"docker_config and username", withTop(`"registry": {"url": "https://r.example.com", "username": "ci", "password": "pw", "docker_config": "/d/config.json"},`), "registry.docker_config: and username are both set: use one source of credentials"},
+		{"docker_config not config.json", withTop(`"registry": {"url": "https://r.example.com", "docker_config": "/d/auth.json"},`), `registry.docker_config: must be a file named config.json (compose reads $DOCKER_CONFIG/config.json), got "/d/auth.json"`},
+		{"relative ca_file", withTop(`"registry": {"url": "https://r.example.com", "ca_file": "ca.pem"},`), `registry.ca_file: must be an absolute path, got "ca.pem"`},
+		{"ca_file and insecure", withTop(`"registry": {"url": "https://r.example.com", "ca_file": "/ca.pem", "insecure_skip_verify": true},`), "registry.insecure_skip_verify: and ca_file are both set; with a CA file the certificate can be verified"},
+		{"ca_file over http", withTop(`"registry": {"url": "http://r.example.com", "ca_file": "/ca.pem"},`), "registry.url: is http://, but ca_file or insecure_skip_verify is set: use https://"},
+		{"credentials over plain http", withTop(`"registry": {"url": "http://r.example.com", "username": "ci", "password": "pw"},`), "registry.url: is http:// to a host that is not loopback: credentials are only sent over https"},
 		{"compose_timeout 0", withTop(`"docker": {"compose_timeout": 0},`), "docker.compose_timeout: must be a positive number of seconds, got 0"},
 		{"stop_timeout negative", withTop(`"docker": {"stop_timeout": -1},`), "docker.stop_timeout: must be a positive number of seconds, got -1"},
 		{"health_grace 0", withService(`, "health_grace": 0`), "services[0].health_grace: must be a positive number of seconds, got 0"},
@@ -522,4 +537,50 @@ func normalize(c *config.Config) *config.Config {
 		n.Notifications.Webhooks = append(n.Notifications.Webhooks, w)
 	}
 	return &n
+}
+
+func TestReadPassword(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) {
+		if err := os.WriteFile(dir+"/"+name, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("pw", "s3cret-line\nsecond line ignored\n")
+	write("crlf", "s3cret-crlf\r\n")
+	write("empty", "\n")
+	env := map[string]string{"CREDENTIALS_DIRECTORY": dir}
+	tests := []struct {
+		name    string
+		reg     config.Registry
+		getenv  func(string) string
+		want    string
+		wantErr string
+	}{
+		{name: "password", reg: config.Registry{Password: "inline"}, want: "inline"},
+		{name: "file: first line", reg: config.Registry{PasswordFile: dir + "/pw"}, want: "s3cret-line"},
+		{name: "file with CRLF", reg: config.Registry{PasswordFile: dir + "/crlf"}, want: "s3cret-crlf"},
+		{name: "credentials directory", reg: config.Registry{PasswordFile: "$CREDENTIALS_DIRECTORY/pw"}, getenv: func(k string) string { return env[k] }, want: "s3cret-line"},
+		{name: "credentials directory unset", reg: config.Registry{PasswordFile: "$CREDENTIALS_DIRECTORY/pw"}, wantErr: "CREDENTIALS_DIRECTORY, which is not set"},
+		{name: "missing file", reg: config.Registry{PasswordFile: dir + "/nope"}, wantErr: "no such file"},
+		{name: "empty first line", reg: config.Registry{PasswordFile: dir + "/empty"}, wantErr: "the first line is empty"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			getenv := tt.getenv
+			if getenv == nil {
+				getenv = func(string) string { return "" }
+			}
+			got, err := tt.reg.ReadPassword(getenv)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("ReadPassword() = %q, %v, want error containing %q", got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("ReadPassword() = %q, %v, want %q", got, err, tt.want)
+			}
+		})
+	}
 }
