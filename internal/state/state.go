@@ -36,6 +36,8 @@ type Service struct {
 	Blocked *Block  `json:"blocked,omitempty"`
 	Heal    Heal    `json:"heal"`
 	Deploy  *Deploy `json:"deploy,omitempty"`
+	// LastDeploy is the verdict of the last deploy, kept for GET /status.
+	LastDeploy *DeployResult `json:"last_deploy,omitempty"`
 }
 
 // Block records a digest that failed verification and must not be deployed again.
@@ -59,6 +61,16 @@ type Deploy struct {
 	Digest        string    `json:"digest"`
 	RollbackImage string    `json:"rollback_image,omitempty"`
 	Started       time.Time `json:"started"`
+}
+
+// DeployResult is how a finished deploy ended.
+type DeployResult struct {
+	Digest   string    `json:"digest"`
+	Previous string    `json:"previous,omitempty"`
+	Outcome  string    `json:"outcome"` // deployed, rolled_back, rollback_failed
+	Started  time.Time `json:"started"`
+	Seconds  float64   `json:"seconds"`
+	Reason   string    `json:"reason,omitempty"`
 }
 
 // Store is the state file and its in-memory copy. It is safe for concurrent use.
@@ -238,9 +250,13 @@ func (s *Service) clone() Service {
 		d := *s.Deploy
 		c.Deploy = &d
 	}
+	if s.LastDeploy != nil {
+		r := *s.LastDeploy
+		c.LastDeploy = &r
+	}
 	return c
 }
 
 func (s Service) isZero() bool {
-	return s.Blocked == nil && s.Deploy == nil && s.Heal == Heal{}
+	return s.Blocked == nil && s.Deploy == nil && s.LastDeploy == nil && s.Heal == Heal{}
 }

@@ -69,6 +69,8 @@ func TestRoundTripAllFields(t *testing.T) {
 		Blocked: &state.Block{Digest: badDigest, Since: when, Reason: "container web-1 unhealthy"},
 		Heal:    state.Heal{LastRestart: when.Add(time.Minute), Consecutive: 2, GaveUp: true},
 		Deploy:  &state.Deploy{Digest: "sha256:22", RollbackImage: "localhost:5000/web:rollback", Started: when.Add(-time.Minute)},
+		LastDeploy: &state.DeployResult{Digest: "sha256:33", Previous: "sha256:22", Outcome: "rolled_back",
+			Started: when.Add(-time.Hour), Seconds: 12.5, Reason: "container web-1 unhealthy"},
 	}
 	if err := s.Update("web", func(svc *state.Service) { *svc = want }); err != nil {
 		t.Fatalf("Update error: %v", err)
@@ -89,10 +91,32 @@ func TestGetReturnsCopy(t *testing.T) {
 	if err := s.Update("web", block(badDigest)); err != nil {
 		t.Fatal(err)
 	}
+	if err := s.Update("web", func(svc *state.Service) { svc.LastDeploy = &state.DeployResult{Digest: badDigest} }); err != nil {
+		t.Fatal(err)
+	}
 	s.Get("web").Blocked.Digest = "changed"
 	s.All()["web"].Blocked.Digest = "changed"
+	s.Get("web").LastDeploy.Digest = "changed"
+	s.All()["web"].LastDeploy.Digest = "changed"
 	if got := s.Get("web").Blocked.Digest; got != badDigest {
 		t.Errorf("Get(web).Blocked.Digest = %q after changing copies, want %q", got, badDigest)
+	}
+	if got := s.Get("web").LastDeploy.Digest; got != badDigest {
+		t.Errorf("Get(web).LastDeploy.Digest = %q after changing copies, want %q", got, badDigest)
+	}
+}
+
+// TestLastDeployAloneIsKept: a service whose only state is its last deploy
+// is not dropped as empty.
+func TestLastDeployAloneIsKept(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	s := open(t, path)
+	last := state.DeployResult{Digest: badDigest, Outcome: "deployed", Started: time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC), Seconds: 3}
+	if err := s.Update("web", func(svc *state.Service) { svc.LastDeploy = &last }); err != nil {
+		t.Fatal(err)
+	}
+	if got := open(t, path).Get("web").LastDeploy; got == nil || *got != last {
+		t.Errorf("after reopen Get(web).LastDeploy = %+v, want %+v", got, last)
 	}
 }
 
