@@ -151,6 +151,44 @@ func isLoopback(host string) bool {
 // API is the local HTTP API. It always binds to 127.0.0.1.
 type API struct {
 	Port Port `json:"port"`
+	// Token, or the first line of TokenFile, is the bearer token that POST
+	// and DELETE requests must carry. Empty: no token is needed.
+	Token     string `json:"token,omitempty"`
+	TokenFile string `json:"token_file,omitempty"`
+}
+
+// minTokenLength keeps a token out of reach of guessing.
+const minTokenLength = 16
+
+// BearerToken returns the API token: api.token, or what api.token_file
+// holds (surrounding whitespace removed). Empty means no token is set.
+func (a API) BearerToken() (string, error) {
+	if a.TokenFile == "" {
+		return a.Token, nil
+	}
+	b, err := os.ReadFile(a.TokenFile)
+	if err != nil {
+		return "", fmt.Errorf("api.token_file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if err := checkToken(tok); err != nil {
+		// The token itself is never quoted.
+		return "", fmt.Errorf("api.token_file: %s %s", a.TokenFile, err)
+	}
+	return tok, nil
+}
+
+// checkToken says what is wrong with a token, without quoting it.
+func checkToken(tok string) error {
+	if len(tok) < minTokenLength {
+		return fmt.Errorf("must hold a token of at least %d characters, has %d", minTokenLength, len(tok))
+	}
+	for _, r := range tok {
+		if r <= ' ' || r > '~' {
+			return errors.New("must be printable ASCII without spaces (it is sent in an Authorization header)")
+		}
+	}
+	return nil
 }
 
 // Docker says how to reach the engine and how to run compose.
@@ -461,6 +499,16 @@ func (c *Config) Validate() error {
 
 	if port, err := strconv.Atoi(string(c.API.Port)); err != nil || port < 1 || port > 65535 {
 		p.add("api.port", "must be a port number from 1 to 65535, got %q", c.API.Port)
+	}
+	switch {
+	case c.API.Token != "" && c.API.TokenFile != "":
+		p.add("api.token", "set api.token or api.token_file, not both")
+	case c.API.TokenFile != "" && !filepath.IsAbs(c.API.TokenFile):
+		p.add("api.token_file", "must be an absolute path, got %q", c.API.TokenFile)
+	case c.API.Token != "":
+		if err := checkToken(c.API.Token); err != nil {
+			p.add("api.token", "%v", err)
+		}
 	}
 
 	if c.Docker.Socket == "" || !filepath.IsAbs(c.Docker.Socket) {

@@ -147,6 +147,8 @@ func TestParseAccepts(t *testing.T) {
 	}{
 		{"api.port as a string", withTop(`"api": {"port": "8081"},`), func(c *config.Config) any { return c.API.Port }, config.Port("8081")},
 		{"api.port as a number", withTop(`"api": {"port": 8081},`), func(c *config.Config) any { return c.API.Port }, config.Port("8081")},
+		{"api.token", withTop(`"api": {"token": "0123456789abcdef-_.~"},`), func(c *config.Config) any { return c.API.Token }, "0123456789abcdef-_.~"},
+		{"api.token_file", withTop(`"api": {"token_file": "/etc/dockward/api-token"},`), func(c *config.Config) any { return c.API.TokenFile }, "/etc/dockward/api-token"},
 		{"smtp to as a string", withTop(`"notifications": {"smtp": {"host": "mail.local", "port": 587, "from": "d@x.org", "to": "ops@x.org"}},`),
 			func(c *config.Config) any { return c.Notifications.SMTP.To }, config.StringList{"ops@x.org"}},
 		{"smtp to as a list", withTop(`"notifications": {"smtp": {"host": "mail.local", "port": 587, "from": "d@x.org", "to": ["a@x.org", "b@x.org"]}},`),
@@ -219,6 +221,13 @@ func TestParseRejects(t *testing.T) {
 		{"heal_cooldown negative", withService(`, "heal_cooldown": -1`), "services[0].heal_cooldown: must not be negative, got -1"},
 		{"heal_cooldown overflows a Duration", withService(`, "heal_cooldown": 1e300`), "services[0].heal_cooldown: must be less than 292 years, got 1e+300 seconds"},
 		{"heal_max_restarts 0", withService(`, "heal_max_restarts": 0`), "services[0].heal_max_restarts: must be at least 1, got 0"},
+
+		// API.
+		{"api.token and token_file", withTop(`"api": {"token": "0123456789abcdef", "token_file": "/t"},`), "api.token: set api.token or api.token_file, not both"},
+		{"api.token_file relative", withTop(`"api": {"token_file": "token"},`), `api.token_file: must be an absolute path, got "token"`},
+		{"api.token too short", withTop(`"api": {"token": "secret"},`), "api.token: must hold a token of at least 16 characters, has 6"},
+		{"api.token with a space", withTop(`"api": {"token": "0123456789 abcdef"},`), "api.token: must be printable ASCII without spaces (it is sent in an Authorization header)"},
+		{"api.token with a newline", withTop(`"api": {"token": "0123456789abcdef\n"},`), "api.token: must be printable ASCII without spaces (it is sent in an Authorization header)"},
 
 		// Services.
 		{"no services", `{}`, "services: must list at least one service"},
@@ -580,6 +589,49 @@ func TestReadPassword(t *testing.T) {
 			}
 			if err != nil || got != tt.want {
 				t.Fatalf("ReadPassword() = %q, %v, want %q", got, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestBearerToken(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		path := dir + "/" + name
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	const tok = "s3cr3t-t0ken-0123456789"
+	tests := []struct {
+		name    string
+		api     config.API
+		want    string
+		wantErr string // a substring of the error
+	}{
+		{name: "none", api: config.API{}, want: ""},
+		{name: "inline", api: config.API{Token: tok}, want: tok},
+		{name: "file with a newline", api: config.API{TokenFile: write("nl", tok+"\n")}, want: tok},
+		{name: "file too short", api: config.API{TokenFile: write("short", "abc\n")}, wantErr: "at least 16 characters, has 3"},
+		{name: "empty file", api: config.API{TokenFile: write("empty", "")}, wantErr: "at least 16 characters, has 0"},
+		{name: "two lines", api: config.API{TokenFile: write("two", tok+"\n"+tok)}, wantErr: "printable ASCII without spaces"},
+		{name: "missing file", api: config.API{TokenFile: dir + "/missing"}, wantErr: "api.token_file: open " + dir + "/missing: no such file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tt.api.BearerToken()
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("BearerToken() = %q, %v; want an error containing %q", got, err, tt.wantErr)
+				}
+				if strings.Contains(err.Error(), tok) {
+					t.Errorf("BearerToken() error quotes the token: %v", err)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Errorf("BearerToken() = %q, %v; want %q", got, err, tt.want)
 			}
 		})
 	}
