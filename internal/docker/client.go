@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -69,6 +70,9 @@ type Client struct {
 	// that a caller waiting on another's negotiation can give up with its ctx.
 	versionLock chan struct{}
 	apiVersion  string // negotiated, "" until negotiation succeeds
+	// negotiated is what the last successful negotiation learned, for
+	// readers that must not wait (a status page).
+	negotiated atomic.Pointer[[2]string] // engine version, API version
 }
 
 // New returns a client for the engine listening on socketPath, typically
@@ -143,10 +147,21 @@ func (c *Client) Version(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("negotiate docker API version: %w", err)
 	}
 	c.apiVersion = use
+	c.negotiated.Store(&[2]string{v.Version, use})
 	c.logger.Info("docker engine connected",
 		"engine_version", v.Version, "engine_api_version", v.APIVersion,
 		"engine_min_api_version", v.MinAPIVersion, "api_version", use)
 	return use, nil
+}
+
+// EngineVersion returns the engine's version (such as "24.0.7") and the
+// API version the client speaks to it, as of the last successful
+// negotiation; both are empty before one. It does no I/O.
+func (c *Client) EngineVersion() (engine, api string) {
+	if v := c.negotiated.Load(); v != nil {
+		return v[0], v[1]
+	}
+	return "", ""
 }
 
 // negotiate picks the version to speak to an engine that serves API versions

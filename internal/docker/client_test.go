@@ -229,6 +229,9 @@ func TestVersionNegotiation(t *testing.T) {
 				"GET /containers/json": func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, []byte("[]\n")) },
 			})
 			ctx := t.Context()
+			if ev, av := c.EngineVersion(); ev != "" || av != "" {
+				t.Errorf("EngineVersion() before negotiation = %q, %q, want empty", ev, av)
+			}
 			for range 2 {
 				if _, err := c.ListContainers(ctx, "shop", false); err != nil {
 					t.Fatalf("ListContainers: %v", err)
@@ -237,6 +240,9 @@ func TestVersionNegotiation(t *testing.T) {
 			got, err := c.Version(ctx)
 			if err != nil || got != tt.want {
 				t.Errorf("Version() = %q, %v, want %q", got, err, tt.want)
+			}
+			if ev, av := c.EngineVersion(); ev != "20.10.24+dfsg1" || av != tt.want {
+				t.Errorf("EngineVersion() = %q, %q, want %q, %q", ev, av, "20.10.24+dfsg1", tt.want)
 			}
 			reqs := e.received()
 			if len(reqs) != 3 || reqs[0] != "GET /version" {
