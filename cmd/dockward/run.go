@@ -200,6 +200,9 @@ func loadFull(path string, getenv func(string) string) (*config.Config, error) {
 	if _, err := notify.New(cfg.Notifications, slog.New(slog.DiscardHandler), notify.WithGetenv(getenv)); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
+	if _, err := cfg.API.BearerToken(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
 	return cfg, nil
 }
 
@@ -257,6 +260,10 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 		Notify: dispatcher, Store: store, Metrics: metrics,
 	})
 
+	apiToken, err := cfg.API.BearerToken()
+	if err != nil {
+		return err
+	}
 	// Bind before anything runs so a taken port is an error at start.
 	addr := net.JoinHostPort("127.0.0.1", string(cfg.API.Port))
 	ln, err := net.Listen("tcp", addr)
@@ -264,7 +271,10 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 		return fmt.Errorf("api listen: %w", err)
 	}
 	srv := &http.Server{
-		Handler:           watcher.NewAPI(updater, metrics, logger, version),
+		Handler: watcher.NewAPI(watcher.APIDeps{
+			Updater: updater, Metrics: metrics, Store: store, Engine: engine, Logger: logger,
+			Version: version, Compose: runner.Version(), Started: started, Token: apiToken,
+		}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	for _, w := range stopWarnings(cfg) {
@@ -274,7 +284,7 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 		logger.Warn(w)
 	}
 	logger.Info("dockward started", "version", version, "config", configPath, "state", store.Path(),
-		"api", ln.Addr().String(), "engine", runner.Engine(), "compose", runner.Version(), "services", len(cfg.Services))
+		"api", ln.Addr().String(), "api_token", apiToken != "", "engine", runner.Engine(), "compose", runner.Version(), "services", len(cfg.Services))
 
 	// Notifications outlive the other parts so that alerts about the stop
 	// itself are flushed.

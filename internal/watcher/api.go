@@ -18,12 +18,45 @@ type API struct {
 	logger  *slog.Logger
 	version string
 	now     func() time.Time
+
+	// What GET /status and the page read.
+	services serviceSource
+	state    stateSource
+	seen     observationSource
+	engine   engineVersioner
+	compose  string
+	started  time.Time
 }
 
-// NewAPI returns the HTTP handler for every route.
-func NewAPI(u *Updater, m *Metrics, logger *slog.Logger, version string) http.Handler {
-	a := &API{updater: u, metrics: m, logger: logger, version: version, now: time.Now}
-	return a.routes()
+// APIDeps are what the API serves and reads.
+type APIDeps struct {
+	Updater *Updater
+	Metrics *Metrics
+	Store   stateSource     // *state.Store
+	Engine  engineVersioner // *docker.Client; nil: engine unknown
+	Logger  *slog.Logger
+	Version string
+	Compose string    // the compose in use, as compose.Runner.Version says
+	Started time.Time // when the process started
+	// Token, when set, is the bearer token that POST and DELETE need.
+	Token string
+	Now   func() time.Time // time.Now when nil
+}
+
+// NewAPI returns the HTTP handler for every route, behind the guards.
+func NewAPI(deps APIDeps) http.Handler {
+	a := &API{
+		updater: deps.Updater, metrics: deps.Metrics, logger: deps.Logger, version: deps.Version, now: deps.Now,
+		services: deps.Updater, state: deps.Store, seen: deps.Metrics, engine: deps.Engine,
+		compose: deps.Compose, started: deps.Started,
+	}
+	if a.now == nil {
+		a.now = time.Now
+	}
+	if a.started.IsZero() {
+		a.started = a.now()
+	}
+	return guarded(a.routes(), deps.Token)
 }
 
 // routes declares every route in one place. Methods are checked by the
@@ -32,12 +65,20 @@ func (a *API) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/health", methods{http.MethodGet: a.health})
 	mux.Handle("/metrics", methods{http.MethodGet: a.serveMetrics})
+	mux.Handle("/status", methods{http.MethodGet: a.status})
 	mux.Handle("/trigger", methods{http.MethodPost: a.triggerAll})
 	mux.Handle("/trigger/{name}", methods{http.MethodPost: a.triggerOne})
 	mux.Handle("/blocked", methods{http.MethodGet: a.blocked})
 	mux.Handle("/blocked/{name}", methods{http.MethodDelete: a.unblock})
+	// "/" matches every path no other route does: the page is served at
+	// "/" exactly and anything else is a JSON 404.
+	page := methods{http.MethodGet: a.servePage}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "no route for "+r.URL.Path)
+		if r.URL.Path != "/" {
+			writeError(w, http.StatusNotFound, "no route for "+r.URL.Path)
+			return
+		}
+		page.ServeHTTP(w, r)
 	})
 	return mux
 }
@@ -69,6 +110,10 @@ func (a *API) health(w http.ResponseWriter, r *http.Request) {
 		body["last_poll"] = lp.UTC().Format(time.RFC3339)
 	}
 	writeJSON(w, http.StatusOK, body)
+}
+
+func (a *API) status(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.buildStatus(a.now()))
 }
 
 func (a *API) serveMetrics(w http.ResponseWriter, r *http.Request) {

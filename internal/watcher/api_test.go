@@ -29,12 +29,16 @@ func newAPI(t *testing.T) (*harness, http.Handler) {
 	static := svc("static", false)
 	static.Image = ""
 	h := newHarness(t, w, svc("app", true), svc("other", true), svc("manual", false), static)
-	return h, NewAPI(h.u, h.metrics, h.logger, "test")
+	return h, NewAPI(APIDeps{Updater: h.u, Metrics: h.metrics, Store: h.store, Logger: h.logger, Version: "test"})
 }
 
+// serve sends a request as curl on this host would: to 127.0.0.1, without
+// Origin or Sec-Fetch-Site.
 func serve(api http.Handler, method, target string) *httptest.ResponseRecorder {
 	rec := httptest.NewRecorder()
-	api.ServeHTTP(rec, httptest.NewRequest(method, target, nil))
+	req := httptest.NewRequest(method, target, nil)
+	req.Host = "127.0.0.1:9090"
+	api.ServeHTTP(rec, req)
 	return rec
 }
 
@@ -71,7 +75,8 @@ func TestAPIRoutes(t *testing.T) {
 		{name: "unknown path", method: "GET", target: "/nope", status: 404, errorHas: "no route for /nope"},
 		{name: "trigger without a name", method: "POST", target: "/trigger/", status: 404, errorHas: "no route"},
 		{name: "path below a service", method: "POST", target: "/trigger/app/now", status: 404, errorHas: "no route"},
-		{name: "root", method: "GET", target: "/", status: 404},
+		{name: "page by POST", method: "POST", target: "/", status: 405, allow: "GET", errorHas: "POST is not allowed on /"},
+		{name: "status by POST", method: "POST", target: "/status", status: 405, allow: "GET"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

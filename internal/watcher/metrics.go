@@ -38,6 +38,7 @@ type serviceMetrics struct {
 	deployCount                            uint64
 	deploySum                              float64
 	deployBuckets                          []uint64
+	seen                                   Observation // for the status, see status.go
 }
 
 // NewMetrics returns empty metrics; start is the process start time.

@@ -496,6 +496,7 @@ func (u *Updater) Trigger(name string) (<-chan Result, error) {
 }
 
 func (u *Updater) logResult(r Result) {
+	u.observe(r) // for GET /status
 	switch r.Outcome {
 	case UpToDate, SkipBlocked:
 		u.logger.Debug("checked", "service", r.Service, "outcome", r.Outcome, "digest", r.Digest)
