@@ -38,14 +38,14 @@ var errUsage = errors.New("usage error")
 // run is the whole program; main only turns its error into an exit code.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "check" {
-		return runCheck(args[1:], getenv, stdout, stderr)
+		return runCheck(ctx, args[1:], getenv, stdout, stderr)
 	}
 	fs := flag.NewFlagSet("dockward", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", config.DefaultPath, "path of the JSON config file")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: dockward [-config PATH]      run the daemon\n       dockward check [-config PATH] validate a config and exit\n       dockward -version\n\n")
+		fmt.Fprintf(stderr, "usage: dockward [-config PATH]      run the daemon\n       dockward check [-config PATH] [-online] validate a config and exit\n       dockward -version\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -71,10 +71,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 // runCheck validates a config without touching Docker: `dockward check
 // -config PATH` exits 0 when the file is valid. Ansible's validate: uses it.
-func runCheck(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+// With -online it also asks the registry for each service's digest, so
+// credentials can be tested before a restart.
+func runCheck(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("dockward check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", config.DefaultPath, "path of the JSON config file")
+	online := fs.Bool("online", false, "also ask the registry for each service's digest (one authenticated HEAD each)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -100,7 +103,13 @@ func runCheck(args []string, getenv func(string) string, stdout, stderr io.Write
 	for _, w := range engineWarnings(cfg, getenv) {
 		fmt.Fprintln(stdout, "warning:", w)
 	}
+	if cfg.Registry.InsecureSkipVerify {
+		fmt.Fprintln(stdout, "warning: registry.insecure_skip_verify: the registry's TLS certificate is not verified")
+	}
 	fmt.Fprintf(stdout, "%s: config OK (%d services)\n", *configPath, len(cfg.Services))
+	if *online {
+		return checkOnline(ctx, cfg, getenv, stdout)
+	}
 	return nil
 }
 
@@ -203,6 +212,9 @@ func loadFull(path string, getenv func(string) string) (*config.Config, error) {
 	if _, err := cfg.API.BearerToken(); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
+	if _, err := loadRegistryAccess(cfg.Registry, getenv); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
 	return cfg, nil
 }
 
@@ -231,14 +243,41 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 	if _, err := engine.Version(ctx); err != nil {
 		logger.Warn("docker engine not reachable yet; will retry on every poll", "socket", cfg.Docker.Socket, "err", err)
 	}
-	reg, err := registry.New(cfg.Registry.URL, registry.WithTimeout(cfg.Registry.Timeout.Duration()))
+	access, err := loadRegistryAccess(cfg.Registry, getenv)
+	if err != nil {
+		return err
+	}
+	if cfg.Registry.InsecureSkipVerify {
+		logger.Warn("registry.insecure_skip_verify is set: the registry's TLS certificate is not verified", "registry", access.host)
+	}
+	reg, err := registry.New(cfg.Registry.URL, append(access.options(), registry.WithTimeout(cfg.Registry.Timeout.Duration()))...)
 	if err != nil {
 		return err
 	}
 	// Compose reaches the engine that the client inspects, whatever
-	// DOCKER_HOST or DOCKER_CONTEXT the unit may carry.
-	runner, err := compose.New(ctx, cfg.Docker.ComposeCommand, logger, cfg.Docker.ComposeTimeout.Duration(),
-		compose.WithEngine(cfg.Docker.Socket))
+	// DOCKER_HOST or DOCKER_CONTEXT the unit may carry, and pulls with the
+	// digest check's credentials.
+	composeOpts := []compose.Option{compose.WithEngine(cfg.Docker.Socket)}
+	var pullConfig *composeConfig
+	if access.static != nil {
+		if pullConfig, err = newComposeConfig(getenv); err != nil {
+			return err
+		}
+		defer func() {
+			if err := pullConfig.cleanup(); err != nil {
+				logger.Warn("remove compose's docker config", "dir", pullConfig.dir, "err", err)
+			}
+		}()
+		if err := pullConfig.write(access.host, *access.static); err != nil {
+			return err
+		}
+		access.dockerDir = pullConfig.dir
+	}
+	if access.dockerDir != "" {
+		composeOpts = append(composeOpts, compose.WithEnv("DOCKER_CONFIG="+access.dockerDir))
+	}
+	logger.Info("registry access", "registry", access.host, "credentials", access.what, "compose_docker_config", access.dockerDir)
+	runner, err := compose.New(ctx, cfg.Docker.ComposeCommand, logger, cfg.Docker.ComposeTimeout.Duration(), composeOpts...)
 	if err != nil {
 		return err
 	}
@@ -346,7 +385,7 @@ loop:
 			notifyErr(sd.Watchdog(ctx))
 		case <-hup:
 			notifyErr(sd.Reloading(ctx))
-			next, err := reload(cfg, configPath, getenv, updater, healer, logger)
+			next, err := reload(cfg, configPath, getenv, updater, healer, liveRegistry{reg, pullConfig}, logger)
 			if err != nil {
 				logger.Error("config reload failed; keeping the running config", "config", configPath, "err", err)
 				dispatcher.Send(notify.Alert{Event: notify.ConfigReloadFailed, Level: notify.Warning,
@@ -381,7 +420,15 @@ loop:
 // reload validates the config file again and applies what can change while
 // running: services, intervals, heal settings and the log level. Settings
 // that need a restart are reported and keep their running values.
-func reload(running *config.Config, path string, getenv func(string) string, u *watcher.Updater, h *watcher.Healer, logger *slog.Logger) (*config.Config, error) {
+// liveRegistry is what a reload updates when the registry password changes:
+// the client's credentials and compose's config.json (nil when compose
+// does not use one of Dockward's own).
+type liveRegistry struct {
+	client *registry.Client
+	pull   *composeConfig
+}
+
+func reload(running *config.Config, path string, getenv func(string) string, u *watcher.Updater, h *watcher.Healer, live liveRegistry, logger *slog.Logger) (*config.Config, error) {
 	next, err := loadFull(path, getenv)
 	if err != nil {
 		return nil, err
@@ -392,6 +439,18 @@ func reload(running *config.Config, path string, getenv func(string) string, u *
 	}
 	if next.Registry.URL != running.Registry.URL || next.Registry.Timeout != running.Registry.Timeout {
 		fixed = append(fixed, "registry.url/timeout")
+	}
+	// The password (inline or in its file) changes live; where credentials
+	// come from and TLS need a restart: compose's environment is set at start.
+	nr, rr := next.Registry, running.Registry
+	if (nr.Username == "") != (rr.Username == "") || nr.DockerConfig != rr.DockerConfig || nr.CAFile != rr.CAFile || nr.InsecureSkipVerify != rr.InsecureSkipVerify {
+		fixed = append(fixed, "registry credentials source and TLS")
+		next.Registry.Username, next.Registry.Password, next.Registry.PasswordFile = rr.Username, rr.Password, rr.PasswordFile
+		next.Registry.DockerConfig, next.Registry.CAFile, next.Registry.InsecureSkipVerify = rr.DockerConfig, rr.CAFile, rr.InsecureSkipVerify
+	}
+	access, err := loadRegistryAccess(next.Registry, getenv)
+	if err != nil {
+		return nil, err
 	}
 	if next.Docker.Socket != running.Docker.Socket || next.Docker.ComposeTimeout != running.Docker.ComposeTimeout ||
 		strings.Join(next.Docker.ComposeCommand, " ") != strings.Join(running.Docker.ComposeCommand, " ") {
@@ -413,6 +472,15 @@ func reload(running *config.Config, path string, getenv func(string) string, u *
 		return nil, err
 	}
 	h.SetConfig(next)
+	if access.creds != nil {
+		if live.pull != nil && access.static != nil {
+			if err := live.pull.write(access.host, *access.static); err != nil {
+				logger.Error("config reload: compose keeps pulling with the old credentials", "err", err)
+			}
+		}
+		live.client.SetCredentials(access.creds)
+		logger.Info("registry credentials read again", "registry", access.host, "credentials", access.what)
+	}
 	logger.Info("config reloaded", "config", path, "services", len(next.Services))
 	return next, nil
 }

@@ -551,6 +551,11 @@ func (u *Updater) check(ctx context.Context, s *service) (*plan, Result) {
 		u.metrics.RegistryError(name, kind)
 		if s.guard.lastRegistryError != kind {
 			log.Warn("registry poll failed", "image", s.ref.Local(), "kind", kind, "err", err)
+			if kind == registry.KindUnauthorized {
+				u.notify.Send(notify.Alert{Service: name, Event: notify.UpdateFailed, Level: notify.Critical, Image: s.ref.Local(),
+					Message: fmt.Sprintf("%s: the registry refuses Dockward's credentials for %s; nothing is deployed until they are fixed", name, s.ref.Local()),
+					Reason:  err.Error()})
+			}
 			s.guard.lastRegistryError = kind
 		}
 		res.Outcome, res.Reason = CheckFailed, err.Error()
@@ -558,6 +563,10 @@ func (u *Updater) check(ctx context.Context, s *service) (*plan, Result) {
 	}
 	if s.guard.lastRegistryError != "" {
 		log.Info("registry poll works again", "image", s.ref.Local(), "after", s.guard.lastRegistryError)
+		if s.guard.lastRegistryError == registry.KindUnauthorized {
+			u.notify.Send(notify.Alert{Service: name, Event: notify.UpdateFailed, Level: notify.Info, Image: s.ref.Local(), Digest: remote,
+				Message: fmt.Sprintf("%s: the registry accepts Dockward's credentials again for %s", name, s.ref.Local())})
+		}
 		s.guard.lastRegistryError = ""
 	}
 	res.Digest = remote
