@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -28,6 +29,9 @@ func main() {
 	}()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "dockward:", err)
+		if ee, ok := errors.AsType[*exitError](err); ok {
+			os.Exit(ee.code)
+		}
 		os.Exit(1)
 	}
 }

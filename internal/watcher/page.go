@@ -83,7 +83,7 @@ func (v pageView) until(t time.Time) string {
 func human(d time.Duration) string {
 	switch {
 	case d < time.Second:
-		return "now"
+		return "0s"
 	case d < time.Minute:
 		return fmt.Sprintf("%ds", int(d.Seconds()))
 	case d < time.Hour:
