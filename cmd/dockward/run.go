@@ -212,7 +212,7 @@ func loadFull(path string, getenv func(string) string) (*config.Config, error) {
 	if _, err := notify.New(cfg.Notifications, slog.New(slog.DiscardHandler), notify.WithGetenv(getenv)); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
-	if _, err := cfg.API.BearerToken(); err != nil {
+	if _, err := cfg.API.BearerToken(getenv); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	if _, err := loadRegistryAccess(cfg.Registry, getenv); err != nil {
@@ -302,7 +302,7 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 		Notify: dispatcher, Store: store, Metrics: metrics,
 	})
 
-	apiToken, err := cfg.API.BearerToken()
+	apiToken, err := cfg.API.BearerToken(getenv)
 	if err != nil {
 		return err
 	}

@@ -160,20 +160,30 @@ type API struct {
 // minTokenLength keeps a token out of reach of guessing.
 const minTokenLength = 16
 
-// BearerToken returns the API token: api.token, or what api.token_file
-// holds (surrounding whitespace removed). Empty means no token is set.
-func (a API) BearerToken() (string, error) {
+// BearerToken returns the API token: api.token, or the first line of
+// api.token_file (which may start with $CREDENTIALS_DIRECTORY/, for
+// systemd's LoadCredential=). Empty means no token is set. Errors never
+// quote the token.
+func (a API) BearerToken(getenv func(string) string) (string, error) {
 	if a.TokenFile == "" {
 		return a.Token, nil
 	}
-	b, err := os.ReadFile(a.TokenFile)
+	path := a.TokenFile
+	if rest, ok := strings.CutPrefix(path, credentialsDirectory); ok {
+		dir := getenv("CREDENTIALS_DIRECTORY")
+		if dir == "" {
+			return "", errors.New("api.token_file: starts with $CREDENTIALS_DIRECTORY, which is not set (LoadCredential= in the unit sets it)")
+		}
+		path = filepath.Join(dir, rest)
+	}
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return "", fmt.Errorf("api.token_file: %w", err)
 	}
-	tok := strings.TrimSpace(string(b))
+	line, _, _ := strings.Cut(string(b), "\n")
+	tok := strings.TrimSpace(line)
 	if err := checkToken(tok); err != nil {
-		// The token itself is never quoted.
-		return "", fmt.Errorf("api.token_file: %s %s", a.TokenFile, err)
+		return "", fmt.Errorf("api.token_file: %s: the first line %w", path, err)
 	}
 	return tok, nil
 }
@@ -503,8 +513,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.API.Token != "" && c.API.TokenFile != "":
 		p.add("api.token", "set api.token or api.token_file, not both")
-	case c.API.TokenFile != "" && !filepath.IsAbs(c.API.TokenFile):
-		p.add("api.token_file", "must be an absolute path, got %q", c.API.TokenFile)
+	case c.API.TokenFile != "" && !filepath.IsAbs(c.API.TokenFile) && !strings.HasPrefix(c.API.TokenFile, credentialsDirectory):
+		p.add("api.token_file", "must be an absolute path or start with $CREDENTIALS_DIRECTORY/, got %q", c.API.TokenFile)
 	case c.API.Token != "":
 		if err := checkToken(c.API.Token); err != nil {
 			p.add("api.token", "%v", err)

@@ -149,6 +149,7 @@ func TestParseAccepts(t *testing.T) {
 		{"api.port as a number", withTop(`"api": {"port": 8081},`), func(c *config.Config) any { return c.API.Port }, config.Port("8081")},
 		{"api.token", withTop(`"api": {"token": "0123456789abcdef-_.~"},`), func(c *config.Config) any { return c.API.Token }, "0123456789abcdef-_.~"},
 		{"api.token_file", withTop(`"api": {"token_file": "/etc/dockward/api-token"},`), func(c *config.Config) any { return c.API.TokenFile }, "/etc/dockward/api-token"},
+		{"api.token_file as a credential", withTop(`"api": {"token_file": "$CREDENTIALS_DIRECTORY/api-token"},`), func(c *config.Config) any { return c.API.TokenFile }, "$CREDENTIALS_DIRECTORY/api-token"},
 		{"smtp to as a string", withTop(`"notifications": {"smtp": {"host": "mail.local", "port": 587, "from": "d@x.org", "to": "ops@x.org"}},`),
 			func(c *config.Config) any { return c.Notifications.SMTP.To }, config.StringList{"ops@x.org"}},
 		{"smtp to as a list", withTop(`"notifications": {"smtp": {"host": "mail.local", "port": 587, "from": "d@x.org", "to": ["a@x.org", "b@x.org"]}},`),
@@ -224,7 +225,7 @@ func TestParseRejects(t *testing.T) {
 
 		// API.
 		{"api.token and token_file", withTop(`"api": {"token": "0123456789abcdef", "token_file": "/t"},`), "api.token: set api.token or api.token_file, not both"},
-		{"api.token_file relative", withTop(`"api": {"token_file": "token"},`), `api.token_file: must be an absolute path, got "token"`},
+		{"api.token_file relative", withTop(`"api": {"token_file": "token"},`), `api.token_file: must be an absolute path or start with $CREDENTIALS_DIRECTORY/, got "token"`},
 		{"api.token too short", withTop(`"api": {"token": "secret"},`), "api.token: must hold a token of at least 16 characters, has 6"},
 		{"api.token with a space", withTop(`"api": {"token": "0123456789 abcdef"},`), "api.token: must be printable ASCII without spaces (it is sent in an Authorization header)"},
 		{"api.token with a newline", withTop(`"api": {"token": "0123456789abcdef\n"},`), "api.token: must be printable ASCII without spaces (it is sent in an Authorization header)"},
@@ -604,28 +605,43 @@ func TestBearerToken(t *testing.T) {
 		return path
 	}
 	const tok = "s3cr3t-t0ken-0123456789"
+	creds := func(k string) string {
+		if k == "CREDENTIALS_DIRECTORY" {
+			return dir
+		}
+		return ""
+	}
 	tests := []struct {
 		name    string
 		api     config.API
+		getenv  func(string) string
 		want    string
 		wantErr string // a substring of the error
 	}{
 		{name: "none", api: config.API{}, want: ""},
 		{name: "inline", api: config.API{Token: tok}, want: tok},
 		{name: "file with a newline", api: config.API{TokenFile: write("nl", tok+"\n")}, want: tok},
-		{name: "file too short", api: config.API{TokenFile: write("short", "abc\n")}, wantErr: "at least 16 characters, has 3"},
+		{name: "file with CRLF", api: config.API{TokenFile: write("crlf", tok+"\r\n")}, want: tok},
+		{name: "first line of two", api: config.API{TokenFile: write("two", tok+"\nsecond line\n")}, want: tok},
+		{name: "credential", api: config.API{TokenFile: "$CREDENTIALS_DIRECTORY/nl"}, getenv: creds, want: tok},
+		{name: "credential without the variable", api: config.API{TokenFile: "$CREDENTIALS_DIRECTORY/nl"}, wantErr: "$CREDENTIALS_DIRECTORY, which is not set"},
+		{name: "file too short", api: config.API{TokenFile: write("short", "abc\n")}, wantErr: "the first line must hold a token of at least 16 characters, has 3"},
 		{name: "empty file", api: config.API{TokenFile: write("empty", "")}, wantErr: "at least 16 characters, has 0"},
-		{name: "two lines", api: config.API{TokenFile: write("two", tok+"\n"+tok)}, wantErr: "printable ASCII without spaces"},
+		{name: "space inside", api: config.API{TokenFile: write("space", "s3cr3t t0ken-0123456789\n")}, wantErr: "printable ASCII without spaces"},
 		{name: "missing file", api: config.API{TokenFile: dir + "/missing"}, wantErr: "api.token_file: open " + dir + "/missing: no such file"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := tt.api.BearerToken()
+			getenv := tt.getenv
+			if getenv == nil {
+				getenv = func(string) string { return "" }
+			}
+			got, err := tt.api.BearerToken(getenv)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("BearerToken() = %q, %v; want an error containing %q", got, err, tt.wantErr)
 				}
-				if strings.Contains(err.Error(), tok) {
+				if strings.Contains(err.Error(), "s3cr3t") {
 					t.Errorf("BearerToken() error quotes the token: %v", err)
 				}
 				return
