@@ -218,6 +218,9 @@ func loadFull(path string, getenv func(string) string) (*config.Config, error) {
 	if _, err := loadRegistryAccess(cfg.Registry, getenv); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
+	if _, err := cfg.Registry.EventsSecret(getenv); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
 	return cfg, nil
 }
 
@@ -306,6 +309,10 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 	if err != nil {
 		return err
 	}
+	eventsToken, err := cfg.Registry.EventsSecret(getenv)
+	if err != nil {
+		return err
+	}
 	// Bind before anything runs so a taken port is an error at start.
 	addr := net.JoinHostPort("127.0.0.1", string(cfg.API.Port))
 	ln, err := net.Listen("tcp", addr)
@@ -316,6 +323,7 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 		Handler: watcher.NewAPI(watcher.APIDeps{
 			Updater: updater, Metrics: metrics, Store: store, Engine: engine, Logger: logger,
 			Version: version, Compose: runner.Version(), Started: started, Token: apiToken,
+			EventsToken: eventsToken,
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
@@ -326,7 +334,8 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 		logger.Warn(w)
 	}
 	logger.Info("dockward started", "version", version, "config", configPath, "state", store.Path(),
-		"api", ln.Addr().String(), "api_token", apiToken != "", "engine", runner.Engine(), "compose", runner.Version(), "services", len(cfg.Services))
+		"api", ln.Addr().String(), "api_token", apiToken != "", "engine", runner.Engine(), "compose", runner.Version(), "services", len(cfg.Services),
+		"registry_events", eventsToken != "")
 
 	// Notifications outlive the other parts so that alerts about the stop
 	// itself are flushed.
@@ -442,6 +451,10 @@ func reload(running *config.Config, path string, getenv func(string) string, u *
 	}
 	if next.Registry.URL != running.Registry.URL || next.Registry.Timeout != running.Registry.Timeout {
 		fixed = append(fixed, "registry.url/timeout")
+	}
+	if next.Registry.EventsToken != running.Registry.EventsToken || next.Registry.EventsTokenFile != running.Registry.EventsTokenFile {
+		fixed = append(fixed, "registry.events_token")
+		next.Registry.EventsToken, next.Registry.EventsTokenFile = running.Registry.EventsToken, running.Registry.EventsTokenFile
 	}
 	// The password (inline or in its file) changes live; where credentials
 	// come from and TLS need a restart: compose's environment is set at start.

@@ -58,6 +58,11 @@ type Registry struct {
 	// signed by a private CA.
 	CAFile             string `json:"ca_file,omitempty"`
 	InsecureSkipVerify bool   `json:"insecure_skip_verify,omitempty"`
+	// EventsToken (or the file EventsTokenFile holds it) enables POST
+	// /registry/events, where the registry's notifications must present it
+	// as "Authorization: Bearer <token>".
+	EventsToken     string `json:"events_token,omitempty"`
+	EventsTokenFile string `json:"events_token_file,omitempty"`
 }
 
 // credentialsDirectory prefixes a password_file under systemd's
@@ -506,6 +511,7 @@ func (c *Config) Validate() error {
 	c.Registry.validate(&p, u)
 	p.positive("registry.poll_interval", c.Registry.PollInterval)
 	p.positive("registry.timeout", c.Registry.Timeout)
+	c.Registry.validateEvents(&p)
 
 	if port, err := strconv.Atoi(string(c.API.Port)); err != nil || port < 1 || port > 65535 {
 		p.add("api.port", "must be a port number from 1 to 65535, got %q", c.API.Port)
@@ -599,6 +605,44 @@ func (c *Config) Validate() error {
 		}
 	}
 	return p.err()
+}
+
+// validateEvents checks the push-events token settings. Problems never
+// quote the token.
+func (r *Registry) validateEvents(p *problems) {
+	switch {
+	case r.EventsToken != "" && r.EventsTokenFile != "":
+		p.add("registry.events_token_file", "set either events_token or events_token_file, not both")
+	case r.EventsToken != "":
+		if err := checkToken(r.EventsToken); err != nil {
+			p.add("registry.events_token", "%v", err)
+		}
+	case r.EventsTokenFile != "" && !filepath.IsAbs(r.EventsTokenFile) && !strings.HasPrefix(r.EventsTokenFile, credentialsDirectory):
+		p.add("registry.events_token_file", "must be an absolute path or start with $CREDENTIALS_DIRECTORY/, got %q", r.EventsTokenFile)
+	}
+}
+
+// EventsSecret returns the push-events token: events_token, or the content
+// of events_token_file without surrounding whitespace (the file may start
+// with $CREDENTIALS_DIRECTORY/, as password_file). It is "" when push
+// events are disabled. It never quotes the token.
+func (r Registry) EventsSecret(getenv func(string) string) (string, error) {
+	if r.EventsTokenFile == "" {
+		return r.EventsToken, nil
+	}
+	path := Registry{PasswordFile: r.EventsTokenFile}.PasswordPath(getenv)
+	if path == "" {
+		return "", errors.New("registry.events_token_file: starts with $CREDENTIALS_DIRECTORY, which is not set (LoadCredential= in the unit sets it)")
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("registry.events_token_file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if err := checkToken(tok); err != nil {
+		return "", fmt.Errorf("registry.events_token_file: %s %v", path, err)
+	}
+	return tok, nil
 }
 
 func (n *Notifications) validate(p *problems) {

@@ -101,13 +101,14 @@ type scenario struct {
 	socket       string         // docker.socket, when not the default
 	env          []string       // extra environment of the dockward process
 	notify       map[string]any // extra notification channels (discord, smtp)
+	registryCfg  map[string]any // extra fields of the registry's config
 
 	proc *process
 }
 
-func newScenario(t *testing.T, name string) *scenario {
+func newScenario(t *testing.T, name string, opts ...registrytest.Option) *scenario {
 	t.Helper()
-	reg := registrytest.Start(t)
+	reg := registrytest.Start(t, opts...)
 	// A random suffix keeps concurrent runs of the suite (two developers,
 	// or a rerun while an old one cleans up) out of each other's projects.
 	suffix := fmt.Sprintf("%04x", rand.N(1<<16))
@@ -190,8 +191,12 @@ func (s *scenario) up() {
 
 // config is the dockward config of the scenario.
 func (s *scenario) config() map[string]any {
+	reg := map[string]any{"url": s.registry, "poll_interval": s.pollInterval, "timeout": 5}
+	for k, v := range s.registryCfg {
+		reg[k] = v
+	}
 	return map[string]any{
-		"registry":      map[string]any{"url": s.registry, "poll_interval": s.pollInterval, "timeout": 5},
+		"registry":      reg,
 		"api":           map[string]any{"port": strconv.Itoa(s.apiPort)},
 		"state_file":    filepath.Join(s.dir, "state", "state.json"),
 		"log_level":     "debug",

@@ -26,6 +26,8 @@ type API struct {
 	engine   engineVersioner
 	compose  string
 	started  time.Time
+	// eventsToken enables POST /registry/events when set.
+	eventsToken string
 }
 
 // APIDeps are what the API serves and reads.
@@ -40,7 +42,11 @@ type APIDeps struct {
 	Started time.Time // when the process started
 	// Token, when set, is the bearer token that POST and DELETE need.
 	Token string
-	Now   func() time.Time // time.Now when nil
+	// EventsToken, when set, enables POST /registry/events: a registry's
+	// push notifications, sent with "Authorization: Bearer <EventsToken>",
+	// schedule checks. Without it the route does not exist.
+	EventsToken string
+	Now         func() time.Time // time.Now when nil
 }
 
 // NewAPI returns the HTTP handler for every route, behind the guards.
@@ -48,7 +54,7 @@ func NewAPI(deps APIDeps) http.Handler {
 	a := &API{
 		updater: deps.Updater, metrics: deps.Metrics, logger: deps.Logger, version: deps.Version, now: deps.Now,
 		services: deps.Updater, state: deps.Store, seen: deps.Metrics, engine: deps.Engine,
-		compose: deps.Compose, started: deps.Started,
+		compose: deps.Compose, started: deps.Started, eventsToken: deps.EventsToken,
 	}
 	if a.now == nil {
 		a.now = time.Now
@@ -70,6 +76,10 @@ func (a *API) routes() http.Handler {
 	mux.Handle("/trigger/{name}", methods{http.MethodPost: a.triggerOne})
 	mux.Handle("/blocked", methods{http.MethodGet: a.blocked})
 	mux.Handle("/blocked/{name}", methods{http.MethodDelete: a.unblock})
+	if a.eventsToken != "" {
+		events := newRegistryEvents(a.updater, a.metrics, a.logger, a.eventsToken)
+		mux.Handle(registryEventsPath, methods{http.MethodPost: events.serve})
+	}
 	// "/" matches every path no other route does: the page is served at
 	// "/" exactly and anything else is a JSON 404.
 	page := methods{http.MethodGet: a.servePage}

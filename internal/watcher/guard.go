@@ -23,7 +23,9 @@ const maxBodyBytes = 64 << 10
 //     a page open in a browser on this host must not trigger or unblock.
 //  3. With a token configured, a POST or DELETE without
 //     "Authorization: Bearer <token>" gets 401. Reading (GET, HEAD) stays
-//     open: /health, /metrics, /status and / need no token.
+//     open: /health, /metrics, /status and / need no token. POST
+//     /registry/events is the exception: the registry sends its own token
+//     (registry.events_token), which that handler checks.
 //  4. Every request body is limited to maxBodyBytes.
 //
 // curl and scripts send no Origin and no Sec-Fetch-Site, so they pass 2.
@@ -40,7 +42,9 @@ func guarded(next http.Handler, token string) http.Handler {
 				writeError(w, http.StatusForbidden, "refusing a cross-site "+r.Method+" ("+why+")")
 				return
 			}
-			if len(want) > 0 && !bearer(r, want) {
+			// POST /registry/events carries the registry's own token
+			// (registry.events_token), which its handler checks.
+			if len(want) > 0 && r.URL.Path != registryEventsPath && !bearer(r, want) {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="dockward"`)
 				writeError(w, http.StatusUnauthorized, r.Method+" needs the API token: Authorization: Bearer <api.token>")
 				return

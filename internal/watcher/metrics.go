@@ -29,6 +29,8 @@ type Metrics struct {
 	services map[string]*serviceMetrics
 	polls    uint64
 	lastPoll time.Time
+	// registryEvents counts registry notifications by action and result.
+	registryEvents map[[2]string]uint64
 }
 
 type serviceMetrics struct {
@@ -119,6 +121,18 @@ func (m *Metrics) RegistryError(name, kind string) {
 	m.with(name, func(s *serviceMetrics) { s.registryErrors[kind]++ })
 }
 
+// RegistryEvent counts a registry notification event by its action (push,
+// pull, …) and what Dockward did with it (scheduled, ignored, or why the
+// request was refused).
+func (m *Metrics) RegistryEvent(action, result string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.registryEvents == nil {
+		m.registryEvents = map[[2]string]uint64{}
+	}
+	m.registryEvents[[2]string{action, result}]++
+}
+
 // DeployDuration records how long a deploy took, from start to verdict.
 func (m *Metrics) DeployDuration(name string, d time.Duration) {
 	m.with(name, func(s *serviceMetrics) {
@@ -193,6 +207,21 @@ func (m *Metrics) WriteTo(w io.Writer, now time.Time) error {
 		for _, k := range kinds {
 			fmt.Fprintf(bw, "watcher_registry_errors_total{service=\"%s\",kind=\"%s\"} %d\n", escape(n), escape(k), m.services[n].registryErrors[k])
 		}
+	}
+
+	header(bw, "watcher_registry_events_total", "counter", "Registry notification events by action and result (scheduled, ignored, or why the request was refused).")
+	eventKeys := make([][2]string, 0, len(m.registryEvents))
+	for k := range m.registryEvents {
+		eventKeys = append(eventKeys, k)
+	}
+	sort.Slice(eventKeys, func(i, j int) bool {
+		if eventKeys[i][0] != eventKeys[j][0] {
+			return eventKeys[i][0] < eventKeys[j][0]
+		}
+		return eventKeys[i][1] < eventKeys[j][1]
+	})
+	for _, k := range eventKeys {
+		fmt.Fprintf(bw, "watcher_registry_events_total{action=\"%s\",result=\"%s\"} %d\n", escape(k[0]), escape(k[1]), m.registryEvents[k])
 	}
 
 	header(bw, "watcher_deploy_duration_seconds", "histogram", "Time from the start of a deploy to its verdict (healthy or rolled back).")

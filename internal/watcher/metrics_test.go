@@ -46,6 +46,12 @@ func sampleMetrics() *Metrics {
 	m.SetHealthy("api", false)
 	m.SetBlocked("api", true)
 
+	m.RegistryEvent("push", "scheduled")
+	m.RegistryEvent("push", "ignored")
+	m.RegistryEvent("pull", "ignored")
+	m.RegistryEvent("push", "scheduled")
+	m.RegistryEvent("none", "unauthorized")
+
 	m.Polled(metricsStart.Add(5 * time.Minute))
 	m.Polled(metricsStart.Add(10 * time.Minute))
 	return m

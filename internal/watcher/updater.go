@@ -147,6 +147,8 @@ type Updater struct {
 	stopBound    time.Duration
 	stopping     bool
 	reloaded     chan struct{}
+
+	sched scheduled // checks asked for by Schedule (schedule.go)
 }
 
 // NewUpdater builds an updater for cfg.
@@ -284,6 +286,7 @@ func (u *Updater) acquire(name string) (*service, error) {
 
 func (u *Updater) release(s *service) {
 	s.guard.busy.Store(false)
+	u.released(s.cfg.Name)
 	u.inflight.Done()
 }
 

@@ -27,13 +27,32 @@ import (
 
 const startTimeout = 10 * time.Second
 
+// Option configures a registry that Start runs.
+type Option func(*options)
+
+type options struct {
+	notifyURL, notifyToken string
+}
+
+// WithNotifications makes the registry send its notification events
+// (pushes, pulls, deletes) to url, with "Authorization: Bearer <token>" when
+// token is not empty. The registry retries a failed delivery, with a short
+// backoff, until the endpoint accepts it.
+func WithNotifications(url, token string) Option {
+	return func(o *options) { o.notifyURL, o.notifyToken = url, token }
+}
+
 // Start runs docker-registry on 127.0.0.1 with filesystem storage in a
 // temporary directory and returns its base URL, such as
 // "http://127.0.0.1:41234". The registry is killed at test cleanup. Start
 // fails the test when docker-registry is not installed or does not answer
 // GET /v2/ within 10s.
-func Start(t testing.TB) string {
+func Start(t testing.TB, opts ...Option) string {
 	t.Helper()
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	bin, err := exec.LookPath("docker-registry")
 	if err != nil {
 		t.Fatalf("docker-registry not found (%v): install it with `apt-get install docker-registry` (Debian's distribution 2.8); the registry tests need a real registry", err)
@@ -54,6 +73,9 @@ http:
   addr: %s
   secret: dockward-test
 `, strconv.Quote(filepath.Join(dir, "data")), addr)
+	if o.notifyURL != "" {
+		config += notificationsConfig(o.notifyURL, o.notifyToken)
+	}
 	configPath := filepath.Join(dir, "config.yml")
 	if err := os.WriteFile(configPath, []byte(config), 0o600); err != nil {
 		t.Fatalf("write registry config: %v", err)
@@ -100,6 +122,23 @@ http:
 		case <-tick.C:
 		}
 	}
+}
+
+// notificationsConfig is the registry config section that sends events to
+// one endpoint. Strings are quoted the JSON way, which YAML reads too.
+func notificationsConfig(url, token string) string {
+	headers := ""
+	if token != "" {
+		headers = fmt.Sprintf("      headers:\n        Authorization: [%s]\n", strconv.Quote("Bearer "+token))
+	}
+	return fmt.Sprintf(`notifications:
+  endpoints:
+    - name: dockward
+      url: %s
+%s      timeout: 2s
+      threshold: 1
+      backoff: 200ms
+`, strconv.Quote(url), headers)
 }
 
 func describe(resp *http.Response, err error) string {
