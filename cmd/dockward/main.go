@@ -28,7 +28,9 @@ func main() {
 		os.Exit(1)
 	}()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "dockward:", err)
+		if !errors.Is(err, errLogged) {
+			fmt.Fprintln(os.Stderr, "dockward:", err)
+		}
 		if ee, ok := errors.AsType[*exitError](err); ok {
 			os.Exit(ee.code)
 		}

@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -43,12 +44,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if len(args) > 0 && args[0] == "status" {
 		return runStatus(ctx, args[1:], stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "reload" {
+		return runReload(args[1:], getenv, stdout, stderr)
+	}
 	fs := flag.NewFlagSet("dockward", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", config.DefaultPath, "path of the JSON config file")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: dockward [-config PATH]      run the daemon\n       dockward check [-config PATH] [-online] validate a config and exit\n       dockward status [-config PATH | -addr HOST:PORT] [-json]\n                                     show the running daemon's status\n       dockward -version\n\n")
+		fmt.Fprintf(stderr, "usage: dockward [-config PATH]      run the daemon\n       dockward check [-config PATH] [-online] validate a config and exit\n       dockward reload [-config PATH] [-pid PID]\n                                     validate a config, then ask the daemon to reload it\n       dockward status [-config PATH | -addr HOST:PORT] [-json]\n                                     show the running daemon's status\n       dockward -version\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -113,6 +117,64 @@ func runCheck(ctx context.Context, args []string, getenv func(string) string, st
 	if *online {
 		return checkOnline(ctx, cfg, getenv, stdout)
 	}
+	return nil
+}
+
+// errLogged is returned after the error was logged with its priority; main
+// only turns it into a non-zero exit.
+var errLogged = errors.New("error already logged")
+
+// runReload is the unit's ExecReload=: `dockward reload` validates the config
+// as check does and only then sends SIGHUP to the daemon, $MAINPID (which
+// systemd sets for ExecReload=) unless -pid names it. It needs nothing but
+// dockward itself (a minimal Debian has no /bin/kill). An invalid config
+// fails the reload, so `systemctl reload` reports it, and the daemon is not
+// disturbed; the daemon validates again on SIGHUP and answers with
+// RELOADING=1 and READY=1.
+func runReload(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("dockward reload", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", config.DefaultPath, "path of the JSON config file")
+	pid := fs.Int("pid", 0, "process ID of the running dockward (default $MAINPID, set by systemd for ExecReload=)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *pid == 0 {
+		if env := getenv("MAINPID"); env != "" {
+			p, err := strconv.Atoi(env)
+			if err != nil {
+				return fmt.Errorf("MAINPID=%q: not a process ID", env)
+			}
+			*pid = p
+		}
+	}
+	if *pid <= 1 {
+		return errors.New("no dockward process to reload: run it as the unit's ExecReload= (systemd sets $MAINPID) or pass -pid")
+	}
+	logger := slog.New(journal.NewHandler(stderr, getenv, slog.LevelInfo))
+	cfg, err := loadFull(*configPath, getenv)
+	if err != nil {
+		logger.Error("config reload refused: the config does not validate; dockward keeps the running one", "config", *configPath, "err", err)
+		return errLogged
+	}
+	for _, w := range stopWarnings(cfg) {
+		logger.Warn(w)
+	}
+	proc, err := os.FindProcess(*pid)
+	if err == nil {
+		err = proc.Signal(syscall.SIGHUP)
+	}
+	if err != nil {
+		return fmt.Errorf("ask dockward (pid %d) to reload: %w", *pid, err)
+	}
+	logger.Info("config valid; asked dockward to reload it", "config", *configPath, "services", len(cfg.Services), "pid", *pid)
 	return nil
 }
 
