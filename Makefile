@@ -22,9 +22,16 @@ release: ## linux amd64 and arm64 binaries with SHA256SUMS in dist/
 	done
 	cd dist && sha256sum dockward-linux-* > SHA256SUMS && cat SHA256SUMS
 
-install: build ## install the binary and the systemd unit (run as root)
+# `make build && sudo make install`: install uses the binary that build made
+# (root's PATH may have no go) and builds only when there is none.
+bin/dockward:
+	$(MAKE) build
+
+install: bin/dockward ## install bin/dockward, the systemd unit and a sample config (as root; DESTDIR=, PREFIX=)
 	install -D -m 0755 bin/dockward $(DESTDIR)$(PREFIX)/bin/dockward
-	install -D -m 0644 deploy/systemd/dockward.service $(DESTDIR)/etc/systemd/system/dockward.service
+	install -d -m 0755 $(DESTDIR)/etc/systemd/system
+	sed 's|/usr/local/bin/dockward|$(PREFIX)/bin/dockward|g' deploy/systemd/dockward.service >$(DESTDIR)/etc/systemd/system/dockward.service
+	chmod 0644 $(DESTDIR)/etc/systemd/system/dockward.service
 	@test -e $(DESTDIR)/etc/dockward/config.json || install -D -m 0600 config.sample.json $(DESTDIR)/etc/dockward/config.json
 	@echo "edit /etc/dockward/config.json, then: systemctl daemon-reload && systemctl enable --now dockward"
 

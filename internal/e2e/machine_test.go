@@ -386,8 +386,8 @@ func (m *machine) waitFor(timeout time.Duration, what string, cond func() (bool,
 // makeInstall is serialised: make builds bin/dockward in the checkout.
 var makeInstall sync.Mutex
 
-// install runs `make install DESTDIR=<the machine's root>`, the README's
-// "Install by hand".
+// install runs `make build && make install DESTDIR=<the machine's root>`,
+// the README's "Install by hand".
 func (m *machine) install() {
 	m.t.Helper()
 	makeInstall.Lock()
@@ -398,8 +398,10 @@ func (m *machine) install() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "make", "-C", root, "install", "DESTDIR="+m.root)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		m.t.Fatalf("make install DESTDIR=%s: %v\n%s", m.root, err, out)
+	for _, args := range [][]string{{"build"}, {"install", "DESTDIR=" + m.root}} {
+		cmd := exec.CommandContext(ctx, "make", append([]string{"-C", root}, args...)...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			m.t.Fatalf("make %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
 	}
 }
