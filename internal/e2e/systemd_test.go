@@ -335,6 +335,8 @@ func TestUnitInMachine(t *testing.T) {
 		if b := s.blocked(); b != bad {
 			t.Errorf("blocked after the reloads = %q, want %s kept", b, bad)
 		}
+		// The file again says what runs, for the starts below.
+		m.writeConfig(withExtra(machineSrv + "/extra/docker-compose.yml"))
 	})
 
 	t.Run("stop during a rollback", func(t *testing.T) {
@@ -377,6 +379,52 @@ func TestUnitInMachine(t *testing.T) {
 		}
 		if stopping == 0 || finished <= stopping || stopped <= finished {
 			t.Errorf("journal order: stop began at %d, rollback finished at %d, unit stopped at %d (µs); want them in that order", stopping, finished, stopped)
+		}
+	})
+
+	// KillMode=mixed: the SIGTERM of a stop reaches dockward only, not a
+	// compose run in flight, so a deploy is not cut in half. The old
+	// container ignores its stop signal here, so compose up takes
+	// stop_grace_period to replace it: the stop lands inside that run.
+	t.Run("stop during compose up", func(t *testing.T) {
+		s, m := s.in(t), m.in(t)
+		y := fmt.Sprintf("version: \"2.4\"\nservices:\n  app:\n    image: %s\n    network_mode: none\n    stop_signal: SIGWINCH\n    stop_grace_period: 10s\n", s.ref("latest"))
+		if err := os.WriteFile(s.compose, []byte(y), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// The stop signal is the running container's: recreate it.
+		compose(t, "-f", s.compose, "-p", s.project, "up", "-d")
+		m.must("systemctl", "start", "dockward")
+		v3 := s.push(healthyImage)
+		s.triggerAsync()
+		m.waitFor(60*time.Second, "docker compose up to run in dockward.service", func() (bool, string) {
+			out, _ := m.exec("systemctl", "status", "--no-pager", "--full", "dockward")
+			return regexp.MustCompile(`docker compose .* up `).MatchString(out), out
+		})
+		sent := time.Now()
+		out, err := m.exec("systemctl", "stop", "dockward")
+		t.Logf("systemctl stop during docker compose up: %v (stop_grace_period 10s)", time.Since(sent).Round(10*time.Millisecond))
+		if err != nil {
+			t.Fatalf("systemctl stop: %v\n%s", err, out)
+		}
+		p := m.show("ActiveState", "Result", "ExecMainCode", "ExecMainStatus")
+		if p["ActiveState"] != "inactive" || p["Result"] != "success" || p["ExecMainCode"] != "1" || p["ExecMainStatus"] != "0" {
+			t.Errorf("after the stop: %v, want inactive, success, exited with status 0", p)
+		}
+		deployed := 0
+		for _, e := range m.dockwardLines() {
+			if strings.Contains(e.Message, "deploy finished") && strings.Contains(e.Message, v3) {
+				deployed++
+				if !strings.Contains(e.Message, "outcome=deployed") {
+					t.Errorf("the deploy interrupted by the stop ended %q, want outcome=deployed (compose up must not get the SIGTERM)", e.Message)
+				}
+			}
+		}
+		if deployed != 1 {
+			t.Errorf("%d lines say the deploy of %s finished, want 1", deployed, v3)
+		}
+		if ok, detail := s.runs(v3); !ok {
+			t.Errorf("after the stop: %s", detail)
 		}
 	})
 
