@@ -22,9 +22,9 @@ import (
 
 // From deploy/systemd/dockward.service.
 const (
-	unitWatchdogSec    = 30 * time.Second
-	unitRestartSec     = 5 * time.Second
-	unitTimeoutStopSec = 180 * time.Second
+	unitWatchdog     = 30 * time.Second
+	unitRestartDelay = 5 * time.Second
+	unitStopTimeout  = 180 * time.Second
 	// The offline check in deploy/deploy_test.go fails above this.
 	unitMaxExposure = 6.5
 )
@@ -345,12 +345,12 @@ func TestUnitInMachine(t *testing.T) {
 		sent := time.Now()
 		out, err := m.exec("systemctl", "stop", "dockward")
 		took := time.Since(sent)
-		t.Logf("systemctl stop during the verification of a bad push: %v (grace %vs, TimeoutStopSec %v)", took.Round(10*time.Millisecond), s.grace, unitTimeoutStopSec)
+		t.Logf("systemctl stop during the verification of a bad push: %v (grace %vs, TimeoutStopSec %v)", took.Round(10*time.Millisecond), s.grace, unitStopTimeout)
 		if err != nil {
 			t.Fatalf("systemctl stop: %v\n%s", err, out)
 		}
-		if took >= unitTimeoutStopSec {
-			t.Errorf("the stop took %v, not within TimeoutStopSec=%v", took, unitTimeoutStopSec)
+		if took >= unitStopTimeout {
+			t.Errorf("the stop took %v, not within TimeoutStopSec=%v", took, unitStopTimeout)
 		}
 		p := m.show("ActiveState", "Result", "ExecMainCode", "ExecMainStatus")
 		// ExecMainCode 1 is CLD_EXITED: an exit, not a signal.
@@ -534,17 +534,17 @@ func TestUnitWatchdogInMachine(t *testing.T) {
 	frozen := time.Now()
 	m.must("systemctl", "kill", "--kill-whom=main", "--signal=SIGSTOP", "dockward")
 	var newPID string
-	m.waitFor(unitWatchdogSec+unitRestartSec+60*time.Second, "systemd to restart the frozen dockward", func() (bool, string) {
+	m.waitFor(unitWatchdog+unitRestartDelay+60*time.Second, "systemd to restart the frozen dockward", func() (bool, string) {
 		p := m.show("ActiveState", "SubState", "MainPID", "NRestarts")
 		newPID = p["MainPID"]
 		return p["NRestarts"] == "1" && p["ActiveState"] == "active" && p["SubState"] == "running" && newPID != oldPID, fmt.Sprint(p)
 	})
 	restarted := time.Since(frozen)
-	t.Logf("SIGSTOP to running again: %v (WatchdogSec=%v, RestartSec=%v)", restarted.Round(10*time.Millisecond), unitWatchdogSec, unitRestartSec)
+	t.Logf("SIGSTOP to running again: %v (WatchdogSec=%v, RestartSec=%v)", restarted.Round(10*time.Millisecond), unitWatchdog, unitRestartDelay)
 	// The watchdog fires WatchdogSec after the last ping (sent every
 	// WatchdogSec/2), then systemd waits RestartSec; 15s more for the abort
 	// and the new start.
-	if limit := unitWatchdogSec + unitRestartSec + 15*time.Second; restarted > limit {
+	if limit := unitWatchdog + unitRestartDelay + 15*time.Second; restarted > limit {
 		t.Errorf("restarted %v after the freeze, want within %v", restarted, limit)
 	}
 	var watchdog, result bool
