@@ -103,6 +103,9 @@ type scenario struct {
 	notify       map[string]any // extra notification channels (discord, smtp)
 	registryCfg  map[string]any // extra fields of the registry's config
 
+	// edit, when set, changes the config before it is written.
+	edit func(cfg map[string]any)
+
 	proc *process
 }
 
@@ -195,7 +198,7 @@ func (s *scenario) config() map[string]any {
 	for k, v := range s.registryCfg {
 		reg[k] = v
 	}
-	return map[string]any{
+	c := map[string]any{
 		"registry":      reg,
 		"api":           map[string]any{"port": strconv.Itoa(s.apiPort)},
 		"state_file":    filepath.Join(s.dir, "state", "state.json"),
@@ -204,6 +207,10 @@ func (s *scenario) config() map[string]any {
 		"notifications": s.notifications(),
 		"services":      []map[string]any{s.serviceConfig()},
 	}
+	if s.edit != nil {
+		s.edit(c)
+	}
+	return c
 }
 
 func (s *scenario) notifications() map[string]any {

@@ -163,6 +163,7 @@ table { width: 100%; border-collapse: collapse; }
 th, td { text-align: left; vertical-align: top; padding: .4rem .6rem; border-bottom: 1px solid var(--line); }
 th { background: var(--head); font-weight: 600; position: sticky; top: 0; }
 tr { border-left: 6px solid var(--idle); }
+thead tr { border-left-color: var(--head); }
 .name { font-weight: 600; word-break: break-all; }
 .sub { display: block; color: var(--muted); font-size: .85em; word-break: break-all; }
 code { font: .9em ui-monospace, SFMono-Regular, Menlo, monospace; }
