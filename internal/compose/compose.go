@@ -85,11 +85,25 @@ func envKey(kv string) string {
 	return key
 }
 
+// Project names a compose project and the files that define it.
+type Project struct {
+	// Name is the project name, passed as -p.
+	Name string
+	// Files are the compose files, each passed as -f, in order (a base file
+	// and its overrides). Compose runs in the first file's directory.
+	Files []string
+	// EnvFile, when set, is passed as --env-file.
+	EnvFile string
+}
+
 // UpOptions adjust Up.
 type UpOptions struct {
 	// NoPull keeps compose from pulling: "--pull never" for v2. v1's up
 	// never pulls an image that is present, as it is for a rollback.
 	NoPull bool
+	// NoDeps leaves the services that Services depend on alone
+	// ("--no-deps"). It has an effect only with Services.
+	NoDeps bool
 	// Services limits up to these services; all of them when empty.
 	Services []string
 }
@@ -219,52 +233,90 @@ func (r *Runner) environ(dir string) []string {
 	return env
 }
 
-// Pull runs "<compose> -f file -p project pull".
-func (r *Runner) Pull(ctx context.Context, file, project string) error {
-	return r.run(ctx, "pull", file, project, "pull")
+// Pull runs "<compose> -f file... -p project pull [services]": all the
+// project's images when services is empty.
+func (r *Runner) Pull(ctx context.Context, p Project, services ...string) error {
+	if err := checkServices("pull", p.Name, services); err != nil {
+		return err
+	}
+	return r.run(ctx, "pull", p, append([]string{"pull"}, services...)...)
 }
 
-// Up runs "<compose> -f file -p project up -d --remove-orphans", with
-// "--pull never" when opts.NoPull is set (v2 only) and opts.Services last.
-func (r *Runner) Up(ctx context.Context, file, project string, opts UpOptions) error {
-	args := []string{"up", "-d", "--remove-orphans"}
+// Up runs "<compose> -f file... -p project up -d", with "--pull never" when
+// opts.NoPull is set (v2 only) and opts.Services last. With no services it
+// adds --remove-orphans; with services, --no-deps when opts.NoDeps is set,
+// and no --remove-orphans, which would act on the whole project.
+func (r *Runner) Up(ctx context.Context, p Project, opts UpOptions) error {
+	if err := checkServices("up", p.Name, opts.Services); err != nil {
+		return err
+	}
+	args := []string{"up", "-d"}
+	if len(opts.Services) == 0 {
+		args = append(args, "--remove-orphans")
+	} else if opts.NoDeps {
+		args = append(args, "--no-deps")
+	}
 	if opts.NoPull && r.v2 {
 		args = append(args, "--pull", "never")
 	}
-	for _, s := range opts.Services {
-		if !validServiceName(s) {
-			return fmt.Errorf("compose up (project %s): invalid service name %q", project, s)
-		}
-	}
 	args = append(args, opts.Services...)
-	return r.run(ctx, "up", file, project, args...)
+	return r.run(ctx, "up", p, args...)
 }
 
-// run runs compose with -f file -p project and args, in the file's
-// directory, bounded by the runner's timeout.
-func (r *Runner) run(ctx context.Context, op, file, project string, args ...string) error {
+func checkServices(op, project string, services []string) error {
+	for _, s := range services {
+		if !validServiceName(s) {
+			return fmt.Errorf("compose %s (project %s): invalid service name %q", op, project, s)
+		}
+	}
+	return nil
+}
+
+// run runs compose with -f file... [--env-file f] -p project and args, in
+// the first file's directory, bounded by the runner's timeout.
+func (r *Runner) run(ctx context.Context, op string, p Project, args ...string) error {
+	project := p.Name
 	if !validProjectName(project) {
 		return fmt.Errorf("compose %s (project %s): invalid project name: use lowercase letters, digits, '-' and '_', starting with a letter or digit", op, project)
 	}
-	if file == "" {
+	if len(p.Files) == 0 {
 		return fmt.Errorf("compose %s (project %s): no compose file", op, project)
 	}
-	file, err := filepath.Abs(file)
-	if err != nil {
-		return fmt.Errorf("compose %s (project %s): %w", op, project, err)
+	full := slices.Clone(r.command[1:])
+	files := make([]string, 0, len(p.Files))
+	for _, file := range p.Files {
+		if file == "" {
+			return fmt.Errorf("compose %s (project %s): empty compose file name", op, project)
+		}
+		file, err := filepath.Abs(file)
+		if err != nil {
+			return fmt.Errorf("compose %s (project %s): %w", op, project, err)
+		}
+		// Without this, a missing directory reads "fork/exec docker: no such
+		// file or directory", as if compose were missing.
+		if _, err := os.Stat(file); err != nil {
+			return fmt.Errorf("compose %s (project %s): %w", op, project, err)
+		}
+		files = append(files, file)
+		full = append(full, "-f", file)
 	}
-	// Without this, a missing directory reads "fork/exec docker: no such
-	// file or directory", as if compose were missing.
-	if _, err := os.Stat(file); err != nil {
-		return fmt.Errorf("compose %s (project %s): %w", op, project, err)
+	if p.EnvFile != "" {
+		env, err := filepath.Abs(p.EnvFile)
+		if err != nil {
+			return fmt.Errorf("compose %s (project %s): env file: %w", op, project, err)
+		}
+		if _, err := os.Stat(env); err != nil {
+			return fmt.Errorf("compose %s (project %s): env file: %w", op, project, err)
+		}
+		full = append(full, "--env-file", env)
 	}
-	full := append(slices.Clone(r.command[1:]), "-f", file, "-p", project)
+	full = append(full, "-p", project)
 	full = append(full, args...)
 
 	runCtx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	cmd := exec.CommandContext(runCtx, r.command[0], full...)
-	cmd.Dir = filepath.Dir(file)
+	cmd.Dir = filepath.Dir(files[0])
 	cmd.Env = r.environ(cmd.Dir)
 	setProcessGroup(cmd)
 	cmd.WaitDelay = waitDelay
@@ -274,7 +326,7 @@ func (r *Runner) run(ctx context.Context, op, file, project string, args ...stri
 	log := r.logger.With("op", op, "project", project)
 	log.DebugContext(ctx, "running compose", "argv", append([]string{r.command[0]}, full...), "dir", cmd.Dir)
 	start := time.Now()
-	err = cmd.Run()
+	err := cmd.Run()
 	if log.Enabled(ctx, slog.LevelDebug) {
 		if out.Dropped() > 0 {
 			log.DebugContext(ctx, "compose output truncated", "dropped_bytes", out.Dropped())

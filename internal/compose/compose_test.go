@@ -215,32 +215,48 @@ func TestNewDetects(t *testing.T) {
 }
 
 func TestArguments(t *testing.T) {
+	one := func(file string) Project { return Project{Name: "myapp", Files: []string{file}} }
 	tests := []struct {
 		name string
 		v2   bool
 		call func(ctx context.Context, r *Runner, file string) error
 		want []string // after the compose command and "-f file -p myapp"
 	}{
-		{"v2 pull", true, func(ctx context.Context, r *Runner, file string) error { return r.Pull(ctx, file, "myapp") }, []string{"pull"}},
-		{"v1 pull", false, func(ctx context.Context, r *Runner, file string) error { return r.Pull(ctx, file, "myapp") }, []string{"pull"}},
+		{"v2 pull", true, func(ctx context.Context, r *Runner, file string) error { return r.Pull(ctx, one(file)) }, []string{"pull"}},
+		{"v1 pull", false, func(ctx context.Context, r *Runner, file string) error { return r.Pull(ctx, one(file)) }, []string{"pull"}},
+		{"v2 pull services", true, func(ctx context.Context, r *Runner, file string) error {
+			return r.Pull(ctx, one(file), "web", "worker")
+		}, []string{"pull", "web", "worker"}},
+		{"v1 pull a service", false, func(ctx context.Context, r *Runner, file string) error {
+			return r.Pull(ctx, one(file), "web")
+		}, []string{"pull", "web"}},
 		{"v2 up", true, func(ctx context.Context, r *Runner, file string) error {
-			return r.Up(ctx, file, "myapp", UpOptions{})
+			return r.Up(ctx, one(file), UpOptions{})
 		}, []string{"up", "-d", "--remove-orphans"}},
 		{"v1 up", false, func(ctx context.Context, r *Runner, file string) error {
-			return r.Up(ctx, file, "myapp", UpOptions{})
+			return r.Up(ctx, one(file), UpOptions{})
 		}, []string{"up", "-d", "--remove-orphans"}},
 		{"v2 up without pulling", true, func(ctx context.Context, r *Runner, file string) error {
-			return r.Up(ctx, file, "myapp", UpOptions{NoPull: true})
+			return r.Up(ctx, one(file), UpOptions{NoPull: true})
 		}, []string{"up", "-d", "--remove-orphans", "--pull", "never"}},
 		{"v1 up without pulling", false, func(ctx context.Context, r *Runner, file string) error {
-			return r.Up(ctx, file, "myapp", UpOptions{NoPull: true})
+			return r.Up(ctx, one(file), UpOptions{NoPull: true})
 		}, []string{"up", "-d", "--remove-orphans"}},
 		{"v2 up services without pulling", true, func(ctx context.Context, r *Runner, file string) error {
-			return r.Up(ctx, file, "myapp", UpOptions{NoPull: true, Services: []string{"web", "db.1"}})
-		}, []string{"up", "-d", "--remove-orphans", "--pull", "never", "web", "db.1"}},
+			return r.Up(ctx, one(file), UpOptions{NoPull: true, Services: []string{"web", "db.1"}})
+		}, []string{"up", "-d", "--pull", "never", "web", "db.1"}},
 		{"v1 up services", false, func(ctx context.Context, r *Runner, file string) error {
-			return r.Up(ctx, file, "myapp", UpOptions{Services: []string{"web"}})
-		}, []string{"up", "-d", "--remove-orphans", "web"}},
+			return r.Up(ctx, one(file), UpOptions{Services: []string{"web"}})
+		}, []string{"up", "-d", "web"}},
+		{"v2 up services without deps or pulling", true, func(ctx context.Context, r *Runner, file string) error {
+			return r.Up(ctx, one(file), UpOptions{NoPull: true, NoDeps: true, Services: []string{"web"}})
+		}, []string{"up", "-d", "--no-deps", "--pull", "never", "web"}},
+		{"v1 up services without deps or pulling", false, func(ctx context.Context, r *Runner, file string) error {
+			return r.Up(ctx, one(file), UpOptions{NoPull: true, NoDeps: true, Services: []string{"web"}})
+		}, []string{"up", "-d", "--no-deps", "web"}},
+		{"no deps without services is the whole project", true, func(ctx context.Context, r *Runner, file string) error {
+			return r.Up(ctx, one(file), UpOptions{NoDeps: true})
+		}, []string{"up", "-d", "--remove-orphans"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -273,6 +289,59 @@ func TestArguments(t *testing.T) {
 	}
 }
 
+// TestFilesAndEnvFile: several compose files are passed in order, each
+// with -f, and compose runs in the first one's directory; an env file is
+// passed with --env-file before -p.
+func TestFilesAndEnvFile(t *testing.T) {
+	for _, v2 := range []bool{true, false} {
+		t.Run(fmt.Sprintf("v2=%v", v2), func(t *testing.T) {
+			f := newFakes(t)
+			var prefix []string
+			if v2 {
+				f.dockerV2("exit 0")
+				prefix = []string{"compose"}
+			} else {
+				f.composeV1("exit 0")
+			}
+			r, err := New(t.Context(), nil, nil, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			base := composeFile(t)
+			override := filepath.Join(t.TempDir(), "override.yml")
+			env := filepath.Join(t.TempDir(), "prod.env")
+			for _, p := range []string{override, env} {
+				if err := os.WriteFile(p, []byte("\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			p := Project{Name: "myapp", Files: []string{base, override}, EnvFile: env}
+			if err := r.Up(t.Context(), p, UpOptions{NoDeps: true, Services: []string{"web"}}); err != nil {
+				t.Fatal(err)
+			}
+			got := f.last()
+			want := append(prefix, "-f", base, "-f", override, "--env-file", env, "-p", "myapp", "up", "-d", "--no-deps", "web")
+			if !slices.Equal(got.args, want) {
+				t.Errorf("argv = %q, want %q", got.args, want)
+			}
+			if wantDir, _ := filepath.EvalSymlinks(filepath.Dir(base)); got.cwd != wantDir {
+				t.Errorf("working directory = %q, want %q (the first file's)", got.cwd, wantDir)
+			}
+			runs := len(f.invocations())
+			missing := filepath.Join(t.TempDir(), "missing.env")
+			if err := r.Pull(t.Context(), Project{Name: "myapp", Files: []string{base}, EnvFile: missing}); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("Pull with a missing env file = %v, want fs.ErrNotExist", err)
+			}
+			if err := r.Pull(t.Context(), Project{Name: "myapp", Files: []string{base}}, "--build"); err == nil {
+				t.Errorf("Pull of service --build = nil, want an error")
+			}
+			if n := len(f.invocations()); n != runs {
+				t.Errorf("compose ran %d times for invalid arguments", n-runs)
+			}
+		})
+	}
+}
+
 func TestRelativeFileIsMadeAbsolute(t *testing.T) {
 	f := newFakes(t)
 	f.composeV1("exit 0")
@@ -283,7 +352,7 @@ func TestRelativeFileIsMadeAbsolute(t *testing.T) {
 	file := composeFile(t)
 	base := filepath.Dir(filepath.Dir(file))
 	t.Chdir(base)
-	if err := r.Up(t.Context(), "stack/compose.yml", "myapp", UpOptions{}); err != nil {
+	if err := r.Up(t.Context(), Project{Name: "myapp", Files: []string{"stack/compose.yml"}}, UpOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	got := f.last()
@@ -312,15 +381,15 @@ func TestInvalidNames(t *testing.T) {
 		{"empty service", "myapp", UpOptions{Services: []string{""}}},
 		{"service with a space", "myapp", UpOptions{Services: []string{"a b"}}},
 	} {
-		if err := r.Up(t.Context(), composeFile(t), tt.project, tt.opts); err == nil {
+		if err := r.Up(t.Context(), Project{Name: tt.project, Files: []string{composeFile(t)}}, tt.opts); err == nil {
 			t.Errorf("%s: Up(%q, %+v) = nil, want an error", tt.name, tt.project, tt.opts)
 		}
 	}
-	if err := r.Pull(t.Context(), "", "myapp"); err == nil {
+	if err := r.Pull(t.Context(), Project{Name: "myapp", Files: []string{""}}); err == nil {
 		t.Errorf("Pull with no file = nil, want an error")
 	}
 	missing := filepath.Join(t.TempDir(), "nope", "compose.yml")
-	if err := r.Pull(t.Context(), missing, "myapp"); !errors.Is(err, fs.ErrNotExist) {
+	if err := r.Pull(t.Context(), Project{Name: "myapp", Files: []string{missing}}); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Pull(%q) = %v, want fs.ErrNotExist", missing, err)
 	}
 	if n := len(f.invocations()); n != runs {
@@ -335,7 +404,7 @@ func TestFailureOutputInError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = r.Pull(t.Context(), composeFile(t), "myapp")
+	err = r.Pull(t.Context(), Project{Name: "myapp", Files: []string{composeFile(t)}})
 	want := "compose pull (project myapp): exit status 1: Pulling web ... error\nERROR: pull access denied for myapp"
 	if err == nil || err.Error() != want {
 		t.Fatalf("Pull() = %v, want %q", err, want)
@@ -360,7 +429,7 @@ exit 3`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = r.Up(t.Context(), composeFile(t), "myapp", UpOptions{})
+	err = r.Up(t.Context(), Project{Name: "myapp", Files: []string{composeFile(t)}}, UpOptions{})
 	if err == nil {
 		t.Fatal("Up() = nil, want an error")
 	}
@@ -383,7 +452,7 @@ func TestOutputLoggedAtDebug(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Up(t.Context(), composeFile(t), "myapp", UpOptions{}); err != nil {
+	if err := r.Up(t.Context(), Project{Name: "myapp", Files: []string{composeFile(t)}}, UpOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
@@ -409,7 +478,7 @@ func TestTimeoutKillsCompose(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	err = r.Pull(t.Context(), composeFile(t), "myapp")
+	err = r.Pull(t.Context(), Project{Name: "myapp", Files: []string{composeFile(t)}})
 	elapsed := time.Since(start)
 	if err == nil || !strings.Contains(err.Error(), "timed out after 300ms") || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Pull() = %v, want a timeout error", err)
@@ -436,7 +505,7 @@ func TestCancelStopsCompose(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	err = r.Up(ctx, composeFile(t), "myapp", UpOptions{})
+	err = r.Up(ctx, Project{Name: "myapp", Files: []string{composeFile(t)}}, UpOptions{})
 	if !errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "timed out after") {
 		t.Fatalf("Up() = %v, want the caller's context error, not the runner's timeout", err)
 	}

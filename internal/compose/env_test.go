@@ -86,7 +86,7 @@ func TestEnvironment(t *testing.T) {
 				t.Errorf("Engine() = %q, want %q", got, tt.engine)
 			}
 			file := composeFile(t)
-			if err := r.Pull(t.Context(), file, "myapp"); err != nil {
+			if err := r.Pull(t.Context(), Project{Name: "myapp", Files: []string{file}}); err != nil {
 				t.Fatal(err)
 			}
 			b, err := os.ReadFile(log)

@@ -85,19 +85,19 @@ services:
 		}
 	})
 
-	if err := r.Up(ctx, file, project, UpOptions{}); err != nil {
+	if err := r.Up(ctx, Project{Name: project, Files: []string{file}}, UpOptions{}); err != nil {
 		t.Fatalf("Up() = %v", err)
 	}
 	assertRunning(t, ctx, project)
 
 	// The rollback path: up again without pulling leaves it running.
-	if err := r.Up(ctx, file, project, UpOptions{NoPull: true, Services: []string{"app"}}); err != nil {
+	if err := r.Up(ctx, Project{Name: project, Files: []string{file}}, UpOptions{NoPull: true, Services: []string{"app"}}); err != nil {
 		t.Fatalf("Up(NoPull) = %v", err)
 	}
 	assertRunning(t, ctx, project)
 
 	// A failing run reports compose's own words.
-	err = r.Up(ctx, file, project, UpOptions{Services: []string{"nosuchservice"}})
+	err = r.Up(ctx, Project{Name: project, Files: []string{file}}, UpOptions{Services: []string{"nosuchservice"}})
 	if err == nil || !strings.Contains(err.Error(), "compose up (project "+project+"): exit status 1: ") || !strings.Contains(err.Error(), "nosuchservice") {
 		t.Errorf("Up(nosuchservice) = %v, want compose's error with its output", err)
 	}
