@@ -100,8 +100,15 @@ func runCheck(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	for _, s := range cfg.Services {
-		if _, err := os.Stat(s.ComposeFile); err != nil {
-			fmt.Fprintf(stdout, "warning: service %s: compose file %s: %v\n", s.Name, s.ComposeFile, errors.Unwrap(err))
+		for _, file := range s.Files() {
+			if _, err := os.Stat(file); err != nil {
+				fmt.Fprintf(stdout, "warning: service %s: compose file %s: %v\n", s.Name, file, errors.Unwrap(err))
+			}
+		}
+		if s.EnvFile != "" {
+			if _, err := os.Stat(s.EnvFile); err != nil {
+				fmt.Fprintf(stdout, "warning: service %s: env file %s: %v\n", s.Name, s.EnvFile, errors.Unwrap(err))
+			}
 		}
 	}
 	for _, w := range stopWarnings(cfg) {

@@ -218,17 +218,25 @@ type Docker struct {
 
 // Service is one docker compose project that Dockward guards.
 type Service struct {
-	Name               string  `json:"name"`
-	Image              string  `json:"image"`
-	ComposeFile        string  `json:"compose_file"`
-	ComposeProject     string  `json:"compose_project"`
-	AutoUpdate         bool    `json:"auto_update"`
-	AutoHeal           bool    `json:"auto_heal"`
-	HealthGrace        Seconds `json:"health_grace"`
-	HealCooldown       Seconds `json:"heal_cooldown"`
-	HealthPollInterval Seconds `json:"health_poll_interval"`
-	HealVerifyDelay    Seconds `json:"heal_verify_delay"`
-	HealMaxRestarts    int     `json:"heal_max_restarts"`
+	Name        string `json:"name"`
+	Image       string `json:"image"`
+	ComposeFile string `json:"compose_file,omitempty"`
+	// ComposeFiles is an alternative to ComposeFile for projects with
+	// override files: each is passed with -f, in order.
+	ComposeFiles   []string `json:"compose_files,omitempty"`
+	ComposeProject string   `json:"compose_project"`
+	// EnvFile is passed to compose as --env-file when set.
+	EnvFile string `json:"env_file,omitempty"`
+	// ComposeServices names the compose services that run the watched
+	// image. When empty they are learned from the project's containers.
+	ComposeServices    []string `json:"compose_services,omitempty"`
+	AutoUpdate         bool     `json:"auto_update"`
+	AutoHeal           bool     `json:"auto_heal"`
+	HealthGrace        Seconds  `json:"health_grace"`
+	HealCooldown       Seconds  `json:"heal_cooldown"`
+	HealthPollInterval Seconds  `json:"health_poll_interval"`
+	HealVerifyDelay    Seconds  `json:"heal_verify_delay"`
+	HealMaxRestarts    int      `json:"heal_max_restarts"`
 }
 
 // Notifications lists where alerts go. Every channel is optional.
@@ -481,6 +489,8 @@ var (
 	serviceNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 	// Compose's own rule for project names.
 	composeProjectRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
+	// A compose service name that cannot be mistaken for a flag.
+	composeServiceRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 )
 
 // Validate checks every field and reports all problems at once.
@@ -552,6 +562,7 @@ func (c *Config) Validate() error {
 	}
 	names := map[string]int{}
 	projects := map[string]int{}
+	images := map[string]int{} // repository:tag -> index of the service watching it
 	for i, s := range c.Services {
 		f := func(name string) string { return fmt.Sprintf("services[%d].%s", i, name) }
 		switch {
@@ -570,15 +581,46 @@ func (c *Config) Validate() error {
 		case s.Image == "" && s.AutoUpdate:
 			p.add(f("image"), "is required when auto_update is true")
 		case s.Image != "" && registryHost != "":
-			if _, err := registry.ParseRef(s.Image, registryHost); err != nil {
+			ref, err := registry.ParseRef(s.Image, registryHost)
+			if err != nil {
 				p.add(f("image"), "%v", err)
+				break
+			}
+			// Two services of one image would share its :rollback tag and
+			// roll each other back.
+			key := ref.Repository + ":" + ref.Tag
+			if j, dup := images[key]; dup {
+				p.add(f("image"), "%s is already watched by services[%d] (%q); service %q cannot watch it too: each repository:tag has one service",
+					key, j, c.Services[j].Name, s.Name)
+			} else {
+				images[key] = i
 			}
 		}
 		switch {
-		case s.ComposeFile == "":
-			p.add(f("compose_file"), "is required")
-		case !filepath.IsAbs(s.ComposeFile):
+		case s.ComposeFile != "" && len(s.ComposeFiles) > 0:
+			p.add(f("compose_files"), "must not be set together with compose_file: use one of them")
+		case s.ComposeFile == "" && len(s.ComposeFiles) == 0:
+			p.add(f("compose_file"), "is required (or compose_files)")
+		case s.ComposeFile != "" && !filepath.IsAbs(s.ComposeFile):
 			p.add(f("compose_file"), "must be an absolute path, got %q", s.ComposeFile)
+		}
+		for j, file := range s.ComposeFiles {
+			if !filepath.IsAbs(file) {
+				p.add(f(fmt.Sprintf("compose_files[%d]", j)), "must be an absolute path, got %q", file)
+			}
+		}
+		if s.EnvFile != "" && !filepath.IsAbs(s.EnvFile) {
+			p.add(f("env_file"), "must be an absolute path, got %q", s.EnvFile)
+		}
+		seenServices := map[string]bool{}
+		for j, name := range s.ComposeServices {
+			switch {
+			case !composeServiceRE.MatchString(name):
+				p.add(f(fmt.Sprintf("compose_services[%d]", j)), "%q must be letters, digits, '.', '_' or '-', starting with a letter or digit", name)
+			case seenServices[name]:
+				p.add(f(fmt.Sprintf("compose_services[%d]", j)), "%q is listed twice", name)
+			}
+			seenServices[name] = true
 		}
 		switch {
 		case s.ComposeProject == "":
@@ -789,6 +831,18 @@ func (c *Config) StatePath(getenv func(string) string) string {
 		return filepath.Join(dir, "state.json")
 	}
 	return "/var/lib/dockward/state.json"
+}
+
+// Files returns the service's compose files: compose_files, or
+// compose_file alone.
+func (s Service) Files() []string {
+	if len(s.ComposeFiles) > 0 {
+		return s.ComposeFiles
+	}
+	if s.ComposeFile == "" {
+		return nil
+	}
+	return []string{s.ComposeFile}
 }
 
 // Service returns the service with the given name.

@@ -3,6 +3,7 @@ package config_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"reflect"
 	"strings"
@@ -172,6 +173,17 @@ func TestParseAccepts(t *testing.T) {
 		{"compose_command", withTop(`"docker": {"compose_command": ["docker", "compose"]},`), func(c *config.Config) any { return c.Docker.ComposeCommand }, []string{"docker", "compose"}},
 		{"webhook with method in lower case", withTop(`"notifications": {"webhooks": [{"name": "ops", "url": "http://hooks.local/x", "method": "put", "min_level": "critical"}]},`),
 			func(c *config.Config) any { return c.Notifications.Webhooks[0].Method }, "put"},
+		{"compose_files, env_file and compose_services", `{"services": [{"name": "a", "compose_project": "a",
+			"compose_files": ["/srv/a/compose.yml", "/srv/a/compose.prod.yml"], "env_file": "/srv/a/prod.env", "compose_services": ["web", "web-2"]}]}`,
+			func(c *config.Config) any {
+				s := c.Services[0]
+				return fmt.Sprintln(s.Files(), s.EnvFile, s.ComposeServices)
+			}, "[/srv/a/compose.yml /srv/a/compose.prod.yml] /srv/a/prod.env [web web-2]\n"},
+		{"compose_file alone is the one file", minimal, func(c *config.Config) any { return c.Services[0].Files() }, []string{"/srv/web/compose.yml"}},
+		{"one image, two tags", `{"services": [
+			{"name": "a", "image": "localhost:5000/app:blue", "compose_file": "/a.yml", "compose_project": "a"},
+			{"name": "b", "image": "localhost:5000/app:green", "compose_file": "/b.yml", "compose_project": "b"}]}`,
+			func(c *config.Config) any { return len(c.Services) }, 2},
 		{"leading and trailing whitespace", "\n\t " + minimal + "\n\n", func(c *config.Config) any { return len(c.Services) }, 1},
 	}
 	for _, tt := range tests {
@@ -256,7 +268,18 @@ func TestParseRejects(t *testing.T) {
 			`services[0].name: "` + long + `" must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit (it is used in URL paths)`},
 		{"compose_file relative", `{"services": [{"name": "a", "compose_file": "srv/a/compose.yml", "compose_project": "a"}]}`,
 			`services[0].compose_file: must be an absolute path, got "srv/a/compose.yml"`},
-		{"compose_file absent", `{"services": [{"name": "a", "compose_project": "a"}]}`, "services[0].compose_file: is required"},
+		{"compose_file absent", `{"services": [{"name": "a", "compose_project": "a"}]}`, "services[0].compose_file: is required (or compose_files)"},
+		{"compose_file and compose_files", withService(`, "compose_files": ["/srv/web/a.yml"]`), "services[0].compose_files: must not be set together with compose_file: use one of them"},
+		{"compose_files relative", `{"services": [{"name": "a", "compose_project": "a", "compose_files": ["/srv/a/compose.yml", "override.yml"]}]}`,
+			`services[0].compose_files[1]: must be an absolute path, got "override.yml"`},
+		{"env_file relative", withService(`, "env_file": "prod.env"`), `services[0].env_file: must be an absolute path, got "prod.env"`},
+		{"compose_services like a flag", withService(`, "compose_services": ["web", "--build"]`),
+			`services[0].compose_services[1]: "--build" must be letters, digits, '.', '_' or '-', starting with a letter or digit`},
+		{"compose_services twice", withService(`, "compose_services": ["web", "web"]`), `services[0].compose_services[1]: "web" is listed twice`},
+		{"two services watch one repository and tag", `{"services": [
+			{"name": "shop", "image": "localhost:5000/team/app", "compose_file": "/a.yml", "compose_project": "a"},
+			{"name": "shop-eu", "image": "localhost:5000/team/app:latest", "compose_file": "/b.yml", "compose_project": "b"}]}`,
+			`services[1].image: team/app:latest is already watched by services[0] ("shop"); service "shop-eu" cannot watch it too: each repository:tag has one service`},
 		{"compose_project absent", `{"services": [{"name": "a", "compose_file": "/a.yml"}]}`, "services[0].compose_project: is required"},
 		{"compose_project upper case", `{"services": [{"name": "a", "compose_file": "/a.yml", "compose_project": "Shop"}]}`,
 			`services[0].compose_project: "Shop" must be lowercase letters, digits, '_' or '-', starting with a letter or digit`},
