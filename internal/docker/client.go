@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -59,6 +60,16 @@ func (e *APIError) Error() string {
 func (e *APIError) Is(target error) bool {
 	return target == ErrNotFound && e.StatusCode == http.StatusNotFound
 }
+
+// negotiationError is the engine's error answer to GET /version. It keeps
+// the status, so that a 5xx reads as an engine that is away, but is no
+// APIError: a 404 there is not the caller's container or image missing.
+type negotiationError struct {
+	msg    string
+	status int
+}
+
+func (e *negotiationError) Error() string { return e.msg }
 
 // Client talks to one Docker engine. It is safe for concurrent use.
 type Client struct {
@@ -133,7 +144,7 @@ func (c *Client) Version(ctx context.Context) (string, error) {
 	if apiErr, ok := errors.AsType[*APIError](err); ok {
 		// Not an APIError any more: a 404 here must not read as the
 		// caller's container or image being missing.
-		return "", errors.New(apiErr.Error())
+		return "", &negotiationError{msg: apiErr.Error(), status: apiErr.StatusCode}
 	}
 	if err != nil {
 		return "", err
@@ -352,4 +363,36 @@ func errorMessage(body io.Reader) string {
 func closeBody(resp *http.Response) {
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
 	_ = resp.Body.Close()
+}
+
+// Unavailable reports whether err says that the engine did not answer, as
+// opposed to answering "no": the socket is missing or refuses connections
+// (dockerd stopped or restarting), the connection broke mid-answer, a call
+// timed out, or the engine answered with a 5xx status. A caller that
+// cancelled its own context should check that first: a cancelled call is
+// not an engine that is away.
+func Unavailable(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) {
+		return false
+	}
+	if apiErr, ok := errors.AsType[*APIError](err); ok {
+		return apiErr.StatusCode >= 500
+	}
+	if negErr, ok := errors.AsType[*negotiationError](err); ok {
+		return negErr.status >= 500
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return true
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ENOENT) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNABORTED) {
+		return true
+	}
+	if _, ok := errors.AsType[*net.OpError](err); ok {
+		return true
+	}
+	if netErr, ok := errors.AsType[net.Error](err); ok && netErr.Timeout() {
+		return true
+	}
+	return false
 }

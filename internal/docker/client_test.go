@@ -527,3 +527,94 @@ func TestCallTimeout(t *testing.T) {
 		t.Errorf("InspectContainer(%q) took %s with a 100ms timeout", "slow", d)
 	}
 }
+
+// TestUnavailable sorts real failures of real calls: an engine that is
+// away (no socket, a socket nobody listens on, a connection cut mid-answer,
+// a timeout, a 5xx) from an engine that answers "no".
+func TestUnavailable(t *testing.T) {
+	cut := func(w http.ResponseWriter, r *http.Request) {
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			conn.Close()
+		}
+	}
+	slow := func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }
+	tests := []struct {
+		name   string
+		client func(t *testing.T) *Client
+		want   bool
+	}{
+		{"no socket", func(t *testing.T) *Client { return New(filepath.Join(t.TempDir(), "missing.sock"), testLogger(t)) }, true},
+		{"socket without a listener", func(t *testing.T) *Client {
+			sock := socketPath(t)
+			l, err := net.Listen("unix", sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.(*net.UnixListener).SetUnlinkOnClose(false)
+			l.Close()
+			return New(sock, testLogger(t))
+		}, true},
+		{"version 503 while the daemon starts", func(t *testing.T) *Client {
+			c, e := newEngine(t, "1.41", nil)
+			e.versionErrors = []int{503}
+			return c
+		}, true},
+		{"version 404", func(t *testing.T) *Client {
+			c, e := newEngine(t, "1.41", nil)
+			e.versionErrors = []int{404}
+			return c
+		}, false},
+		{"500", func(t *testing.T) *Client {
+			c, _ := newEngine(t, "1.41", map[string]http.HandlerFunc{"GET /containers/abc123/json": serveError(500, "Cannot connect to the containerd daemon")})
+			return c
+		}, true},
+		{"502 from a proxy", func(t *testing.T) *Client {
+			c, _ := newEngine(t, "1.41", map[string]http.HandlerFunc{"GET /containers/abc123/json": serveError(502, "bad gateway")})
+			return c
+		}, true},
+		{"404", func(t *testing.T) *Client {
+			c, _ := newEngine(t, "1.41", map[string]http.HandlerFunc{"GET /containers/abc123/json": serveError(404, "No such container: abc123")})
+			return c
+		}, false},
+		{"409", func(t *testing.T) *Client {
+			c, _ := newEngine(t, "1.41", map[string]http.HandlerFunc{"GET /containers/abc123/json": serveError(409, "conflict")})
+			return c
+		}, false},
+		{"connection cut mid-answer", func(t *testing.T) *Client {
+			c, _ := newEngine(t, "1.41", map[string]http.HandlerFunc{"GET /containers/abc123/json": cut})
+			return c
+		}, true},
+		{"timeout", func(t *testing.T) *Client {
+			c, _ := newEngine(t, "1.41", map[string]http.HandlerFunc{"GET /containers/abc123/json": slow})
+			shortenTimeout(t, c, 50*time.Millisecond)
+			return c
+		}, true},
+		{"bad JSON", func(t *testing.T) *Client {
+			c, _ := newEngine(t, "1.41", map[string]http.HandlerFunc{"GET /containers/abc123/json": func(w http.ResponseWriter, r *http.Request) {
+				writeJSON(w, http.StatusOK, []byte(`{"Id": 12}`))
+			}})
+			return c
+		}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := tt.client(t).InspectContainer(t.Context(), "abc123")
+			if err == nil {
+				t.Fatal("InspectContainer = nil error, want one")
+			}
+			if got := Unavailable(err); got != tt.want {
+				t.Errorf("Unavailable(%v) = %v, want %v", err, got, tt.want)
+			}
+		})
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	c, _ := newEngine(t, "1.41", nil)
+	if _, err := c.InspectContainer(ctx, "abc123"); Unavailable(err) {
+		t.Errorf("Unavailable(%v) = true for the caller's own cancellation, want false", err)
+	}
+	if Unavailable(nil) {
+		t.Error("Unavailable(nil) = true")
+	}
+}
