@@ -418,6 +418,11 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 	}()
 	dispatcher.Send(notify.Alert{Event: notify.Started, Level: notify.Info, Message: "dockward " + version + " started"})
 
+	// Deploys that the previous run left half done claim their services
+	// before the API serves, so that an early trigger finds them busy
+	// instead of an unverified digest "up to date"; they go on in the
+	// background.
+	updater.Resume(ctx)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 

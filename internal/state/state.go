@@ -61,6 +61,19 @@ type Deploy struct {
 	Digest        string    `json:"digest"`
 	RollbackImage string    `json:"rollback_image,omitempty"`
 	Started       time.Time `json:"started"`
+	// Phase is the step the deploy is in, written before the step starts,
+	// so that a start after a crash resumes that step. Empty in records
+	// written before phases were recorded.
+	Phase string `json:"phase,omitempty"`
+	// Project is the compose project the deploy acts on.
+	Project string `json:"project,omitempty"`
+	// Services are the compose services the deploy pulls, recreates and
+	// rolls back; empty means the whole project.
+	Services []string `json:"services,omitempty"`
+	// Previous is the registry digest that ran before, for messages.
+	Previous string `json:"previous,omitempty"`
+	// Reason is why the deploy is being rolled back, once it is.
+	Reason string `json:"reason,omitempty"`
 }
 
 // DeployResult is how a finished deploy ended.
@@ -248,6 +261,7 @@ func (s *Service) clone() Service {
 	}
 	if s.Deploy != nil {
 		d := *s.Deploy
+		d.Services = append([]string(nil), s.Deploy.Services...)
 		c.Deploy = &d
 	}
 	if s.LastDeploy != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -58,18 +59,18 @@ func (f *fakeDigester) Digest(ctx context.Context, repository, tag string) (stri
 }
 
 type fakeComposer struct {
-	pull func(ctx context.Context, file, project string) error
-	up   func(ctx context.Context, file, project string, opts compose.UpOptions) error
+	pull func(ctx context.Context, p compose.Project, services ...string) error
+	up   func(ctx context.Context, p compose.Project, opts compose.UpOptions) error
 }
 
 var _ composer = (*fakeComposer)(nil)
 
-func (f *fakeComposer) Pull(ctx context.Context, file, project string) error {
-	return f.pull(ctx, file, project)
+func (f *fakeComposer) Pull(ctx context.Context, p compose.Project, services ...string) error {
+	return f.pull(ctx, p, services...)
 }
 
-func (f *fakeComposer) Up(ctx context.Context, file, project string, opts compose.UpOptions) error {
-	return f.up(ctx, file, project, opts)
+func (f *fakeComposer) Up(ctx context.Context, p compose.Project, opts compose.UpOptions) error {
+	return f.up(ctx, p, opts)
 }
 
 type fakeNotifier struct {
@@ -109,9 +110,11 @@ type fakeImage struct {
 
 type fakeContainer struct {
 	id, name string
+	service  string // compose service
 	image    string // the reference in the compose file (the container's config)
 	imageID  string
 	created  time.Time
+	stopped  bool // exited, as after an engine restart without a restart policy
 }
 
 // world is a tiny Docker host and registry. Each compose project has a web
@@ -178,8 +181,8 @@ func (w *world) addProject(name, d string, b behaviour) {
 	id := w.imageLocked(testRegistryHost+"/"+name, d)
 	w.tags[ref] = id
 	w.containers[name] = []*fakeContainer{
-		w.containerLocked(name+"-web-1", ref, id),
-		w.containerLocked(name+"-db-1", "postgres:16", "sha256:postgres16"),
+		w.containerLocked(name, "web", ref, id),
+		w.containerLocked(name, "db", "postgres:16", "sha256:postgres16"),
 	}
 }
 
@@ -288,9 +291,11 @@ func (w *world) imageLocked(repo, d string) string {
 	return id
 }
 
-func (w *world) containerLocked(name, ref, imageID string) *fakeContainer {
+// containerLocked creates the container of a compose service.
+func (w *world) containerLocked(project, service, ref, imageID string) *fakeContainer {
 	w.nextCont++
-	return &fakeContainer{id: fmt.Sprintf("c%d", w.nextCont), name: name, image: ref, imageID: imageID, created: time.Now()}
+	return &fakeContainer{id: fmt.Sprintf("c%d", w.nextCont), name: project + "-" + service + "-1", service: service,
+		image: ref, imageID: imageID, created: time.Now()}
 }
 
 func (w *world) resolveLocked(ref string) (*fakeImage, bool) {
@@ -312,11 +317,14 @@ func (w *world) digest(ctx context.Context, repository, tag string) (string, err
 	return d, nil
 }
 
-func (w *world) pull(ctx context.Context, file, project string) error {
-	w.record("pull %s", project)
+func (w *world) pull(ctx context.Context, p compose.Project, services ...string) error {
+	w.record("pull %s", strings.Join(append([]string{p.Name}, services...), " "))
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	ref := w.projects[project]
+	if len(services) > 0 && !slices.Contains(services, "web") {
+		return nil // the watched image is web's
+	}
+	ref := w.projects[p.Name]
 	repo := strings.TrimSuffix(ref, ":latest")
 	d, ok := w.remote[strings.TrimPrefix(repo, testRegistryHost+"/")+":latest"]
 	if !ok {
@@ -326,22 +334,31 @@ func (w *world) pull(ctx context.Context, file, project string) error {
 	return nil
 }
 
-func (w *world) up(ctx context.Context, file, project string, opts compose.UpOptions) error {
-	if opts.NoPull {
-		w.record("up %s --pull never", project)
-	} else {
-		w.record("up %s", project)
+func (w *world) up(ctx context.Context, p compose.Project, opts compose.UpOptions) error {
+	call := []string{"up", p.Name}
+	if opts.NoDeps && len(opts.Services) > 0 {
+		call = append(call, "--no-deps")
 	}
+	if opts.NoPull {
+		call = append(call, "--pull never")
+	}
+	w.record("%s", strings.Join(append(call, opts.Services...), " "))
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	cs := w.containers[project]
+	cs := w.containers[p.Name]
 	for i, c := range cs {
+		if len(opts.Services) > 0 && !slices.Contains(opts.Services, c.service) {
+			continue
+		}
 		img, ok := w.resolveLocked(c.image)
 		if !ok {
 			return fmt.Errorf("compose up: image %s not found", c.image)
 		}
-		if img.id != c.imageID {
-			cs[i] = w.containerLocked(c.name, c.image, img.id)
+		switch {
+		case img.id != c.imageID:
+			cs[i] = w.containerLocked(p.Name, c.service, c.image, img.id)
+		case c.stopped:
+			c.stopped, c.created = false, time.Now()
 		}
 	}
 	return nil
@@ -381,7 +398,7 @@ func (w *world) listContainers(ctx context.Context, project string, all bool) ([
 	out := []docker.Container{}
 	for _, c := range w.containers[project] {
 		out = append(out, docker.Container{ID: c.id, Name: c.name, Image: c.image, ImageID: c.imageID, State: "running",
-			Labels: map[string]string{docker.LabelProject: project}})
+			Labels: map[string]string{docker.LabelProject: project, docker.LabelService: c.service}})
 	}
 	return out, nil
 }
@@ -393,8 +410,11 @@ func (w *world) inspectContainer(ctx context.Context, id string) (docker.Contain
 		for _, c := range cs {
 			if c.id == id {
 				d := docker.ContainerDetails{ID: c.id, Name: c.name, Image: c.image, ImageID: c.imageID,
-					Labels: map[string]string{docker.LabelProject: project}}
+					Labels: map[string]string{docker.LabelProject: project, docker.LabelService: c.service}}
 				w.images[c.imageID].behaviour.apply(&d, time.Since(c.created))
+				if c.stopped {
+					d.State = docker.ContainerState{Status: "exited", ExitCode: 255}
+				}
 				return d, nil
 			}
 		}

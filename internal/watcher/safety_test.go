@@ -10,6 +10,7 @@ import (
 	"testing"
 	"testing/synctest"
 
+	"github.com/dockward/dockward/internal/compose"
 	"github.com/dockward/dockward/internal/docker"
 	"github.com/dockward/dockward/internal/notify"
 	"github.com/dockward/dockward/internal/registry"
@@ -99,7 +100,7 @@ func TestPullFailureAlertedOnce(t *testing.T) {
 		w.addProject("app", digestA, behaveHealthy)
 		w.push("app", digestB, behaveHealthy)
 		pull := w.compose.pull
-		w.compose.pull = func(ctx context.Context, file, project string) error {
+		w.compose.pull = func(ctx context.Context, p compose.Project, services ...string) error {
 			return errors.New("Get http://localhost:5000/v2/: connection refused")
 		}
 		h := newHarness(t, w, svc("app", true))
@@ -143,14 +144,14 @@ func TestBlockHoldsWhenTheStateFileCannotBeWritten(t *testing.T) {
 		// The pull fills the disk: from then on every save fails (the state
 		// directory becomes a file).
 		pull := w.compose.pull
-		w.compose.pull = func(ctx context.Context, file, project string) error {
+		w.compose.pull = func(ctx context.Context, p compose.Project, services ...string) error {
 			if err := os.RemoveAll(dir); err != nil {
 				return err
 			}
 			if err := os.WriteFile(dir, []byte("not a directory"), 0o600); err != nil {
 				return err
 			}
-			return pull(ctx, file, project)
+			return pull(ctx, p, services...)
 		}
 		if res := h.trigger(t, "app"); res.Outcome != RolledBack {
 			t.Fatalf("Trigger(app) = %+v, want %s", res, RolledBack)

@@ -37,6 +37,10 @@ func statusWorld(t *testing.T) *harness {
 		t.Fatalf("other: %+v, want rolled back", res)
 	}
 	h.u.PollAll(t.Context()) // manual has no auto_update: not checked
+	// The healer is the one writer of watcher_service_healthy; here it
+	// would have seen app's and other's containers healthy.
+	h.metrics.SetHealthy("app", true)
+	h.metrics.SetHealthy("other", true)
 	time.Sleep(time.Minute)
 	if err := h.store.Update("manual", func(s *state.Service) {
 		s.Heal.LastRestart = time.Now().Add(-time.Minute)
@@ -194,6 +198,9 @@ func TestPageFiftyServices(t *testing.T) {
 	}
 	h := newHarness(t, w, cfgs...)
 	h.u.PollAll(t.Context())
+	for _, n := range services {
+		h.metrics.SetHealthy(n, true) // as the healer, the one writer of the gauge, reports them
+	}
 	api := NewAPI(APIDeps{Updater: h.u, Metrics: h.metrics, Store: h.store, Logger: h.logger, Version: "test"})
 	body := serve(api, "GET", "/").Body.String()
 	rows := regexp.MustCompile(`<tr id="service-(svc[a-z]{2})" class="service s-ok" data-service="svc[a-z]{2}" data-state="ok">`).FindAllStringSubmatch(body, -1)

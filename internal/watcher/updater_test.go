@@ -44,9 +44,6 @@ func TestCheckUpToDate(t *testing.T) {
 		if got := w.Alerts(); len(got) != 0 {
 			t.Errorf("alerts = %+v, want none", got)
 		}
-		if got := metric(t, h.metrics, `watcher_service_healthy{service="app"}`); got != "1" {
-			t.Errorf("watcher_service_healthy = %q, want 1", got)
-		}
 	})
 }
 
@@ -54,8 +51,9 @@ func TestCheckUpToDate(t *testing.T) {
 // how long it took in fake time, the calls and the alerts.
 func TestDeploy(t *testing.T) {
 	tag := func(target string) string { return "tag sha256:img1 " + target }
-	deployCalls := []string{"digest app:latest", tag(appRollback), "pull app", "up app"}
-	rollbackCalls := append(slices.Clone(deployCalls), tag(appRef), "up app --pull never")
+	// Only web runs the watched image: db is neither pulled nor recreated.
+	deployCalls := []string{"digest app:latest", tag(appRollback), "pull app web", "up app --no-deps web"}
+	rollbackCalls := append(slices.Clone(deployCalls), tag(appRef), "up app --no-deps --pull never web")
 	tests := []struct {
 		name        string
 		behaviour   behaviour
@@ -121,17 +119,17 @@ func TestDeploy(t *testing.T) {
 				up := w.compose.up
 				var mu sync.Mutex
 				var inFlight []string // the state's deploy record as seen by each Up
-				w.compose.up = func(ctx context.Context, file, project string, opts compose.UpOptions) error {
+				w.compose.up = func(ctx context.Context, p compose.Project, opts compose.UpOptions) error {
 					mu.Lock()
 					if d := h.store.Get("app").Deploy; d != nil {
 						inFlight = append(inFlight, d.Digest+" rollback="+d.RollbackImage)
 					}
 					mu.Unlock()
 					if tt.upErr != nil && !opts.NoPull {
-						w.record("up %s", project)
+						w.record("up %s --no-deps web", p.Name)
 						return tt.upErr
 					}
-					return up(ctx, file, project, opts)
+					return up(ctx, p, opts)
 				}
 				start := time.Now()
 
@@ -184,7 +182,6 @@ func TestDeploy(t *testing.T) {
 					`watcher_rollbacks_total{service="app"}`:               rollbacks,
 					`watcher_failures_total{service="app"}`:                "0",
 					`watcher_service_blocked{service="app"}`:               blocked,
-					`watcher_service_healthy{service="app"}`:               "1",
 					`watcher_deploy_duration_seconds_count{service="app"}`: "1",
 				} {
 					if got := metric(t, h.metrics, series); got != want {
@@ -507,8 +504,8 @@ func TestPullFailureKeepsRunningVersion(t *testing.T) {
 		w.addProject("app", digestA, behaveHealthy)
 		w.push("app", digestB, behaveHealthy)
 		h := newHarness(t, w, svc("app", true))
-		w.compose.pull = func(ctx context.Context, file, project string) error {
-			w.record("pull %s", project)
+		w.compose.pull = func(ctx context.Context, p compose.Project, services ...string) error {
+			w.record("pull %s web", p.Name)
 			return errors.New("exit status 1: toomanyrequests")
 		}
 
@@ -654,18 +651,20 @@ func TestRunCancelsDeployAtStopBound(t *testing.T) {
 			name:     "while the new version starts",
 			newImage: behaveStarting, oldImage: behaveHealthy,
 			ups: 1,
-			// The next start verifies digestB, which is still starting at
+			// The next start verifies digestB (after a compose up that
+			// starts what a restart stopped), which is still starting at
 			// the deadline, and rolls back. The resumed deploy runs in the
 			// background, so the first poll skips the busy service.
-			resumed: []string{"tag sha256:img1 " + appRef, "up app --pull never"},
+			resumed: []string{"up app --no-deps web", "tag sha256:img1 " + appRef, "up app --no-deps --pull never web"},
 		},
 		{
 			name:     "while the previous version starts again",
 			newImage: behaveUnhealthy, oldImage: behaveSlowHealthy,
 			blocked: true, ups: 2,
-			// The previous version runs: the next start has nothing to
-			// finish, and digestB stays blocked.
-			resumed: []string{"digest app:latest"},
+			// The record says rolling back: the next start goes on with
+			// the rollback (not a fresh verify of what runs), and digestB
+			// stays blocked.
+			resumed: []string{"tag sha256:img1 " + appRef, "up app --no-deps --pull never web"},
 		},
 	}
 	for _, tt := range tests {
@@ -798,9 +797,9 @@ func TestTagMovedDuringDeploy(t *testing.T) {
 		w.push("app", digestB, behaveHealthy)
 		h := newHarness(t, w, svc("app", true))
 		pull := w.compose.pull
-		w.compose.pull = func(ctx context.Context, file, project string) error {
+		w.compose.pull = func(ctx context.Context, p compose.Project, services ...string) error {
 			w.push("app", digestC, behaveUnhealthy)
-			return pull(ctx, file, project)
+			return pull(ctx, p, services...)
 		}
 
 		res := h.trigger(t, "app")
