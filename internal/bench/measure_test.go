@@ -39,15 +39,17 @@ type PollResult struct {
 // poll cycles; with idle > 0 it first lets dockward idle that long.
 func measurePoll(t *testing.T, n, window int, idle time.Duration) PollResult {
 	w := newWorld(t)
-	image := w.ref("bench/app", "latest")
 	w.push("bench/app", "healthy", false)
-	w.runContainers(n, image)
+	// One tag per service: a repository:tag has one service watching it.
+	tag := func(i int) string { return fmt.Sprintf("svc-%d", i) }
+	w.pushTags("bench/app", n, tag)
+	w.runContainers(n, func(i int) string { return w.ref("bench/app", tag(i)) })
 
 	services := make([]map[string]any, n)
 	for i := range n {
 		p := w.project(i)
 		services[i] = map[string]any{
-			"name": fmt.Sprintf("svc-%d", i), "image": "bench/app:latest",
+			"name": fmt.Sprintf("svc-%d", i), "image": "bench/app:" + tag(i),
 			"compose_file": filepath.Join(w.dir, p+".yml"), "compose_project": p,
 			"auto_update": true, "auto_heal": true,
 		}

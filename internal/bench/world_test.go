@@ -93,7 +93,7 @@ func (w *world) composeFile(project, image string) string {
 
 // runContainers starts one container per project with the labels compose
 // gives them, without compose: 300 `compose up` would take minutes.
-func (w *world) runContainers(n int, image string) {
+func (w *world) runContainers(n int, image func(i int) string) {
 	w.t.Helper()
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 4)
@@ -105,7 +105,7 @@ func (w *world) runContainers(n int, image string) {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			p := w.project(i)
-			file := w.composeFile(p, image)
+			file := w.composeFile(p, image(i))
 			out, err := exec.Command("docker", "run", "-d", "--name", p+"-app-1", "--network", "none",
 				"--label", "dockward.bench="+w.suffix,
 				"--label", "com.docker.compose.project="+p,
@@ -113,9 +113,38 @@ func (w *world) runContainers(n int, image string) {
 				"--label", "com.docker.compose.oneoff=False",
 				"--label", "com.docker.compose.container-number=1",
 				"--label", "com.docker.compose.project.config_files="+file,
-				image).CombinedOutput()
+				image(i)).CombinedOutput()
 			if err != nil {
 				errs <- fmt.Errorf("docker run %s: %v\n%s", p, err, out)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		w.t.Fatal(err)
+	}
+}
+
+// pushTags tags repo:latest as tag(i) for i < n and pushes each tag; the
+// layers are in the registry already, so each push is a manifest.
+func (w *world) pushTags(repo string, n int, tag func(i int) string) {
+	w.t.Helper()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 4)
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			ref := w.ref(repo, tag(i))
+			for _, args := range [][]string{{"tag", w.ref(repo, "latest"), ref}, {"push", ref}} {
+				if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
+					errs <- fmt.Errorf("docker %s: %v\n%s", strings.Join(args, " "), err, out)
+					return
+				}
 			}
 		}()
 	}
