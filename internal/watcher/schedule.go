@@ -160,11 +160,5 @@ func (u *Updater) runScheduled(name string) {
 // digest changed, and releases the guard.
 func (u *Updater) runCheck(s *service) Result {
 	defer u.release(s)
-	ctx := u.deployCtx
-	p, res := u.check(ctx, s)
-	if p != nil {
-		res = u.deploy(ctx, s, p)
-	}
-	u.logResult(res)
-	return res
+	return u.checkAndDeploy(u.deployCtx, s)
 }

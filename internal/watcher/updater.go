@@ -543,25 +543,28 @@ func (u *Updater) Trigger(name string) (<-chan Result, error) {
 	}
 	out := make(chan Result, 1)
 	go func() {
-		ctx := u.deployCtx
-		var res Result
-		if rec := u.store.Get(name).Deploy; rec != nil {
-			res = u.resume(ctx, s, *rec)
-		} else {
-			var p *plan
-			p, res = u.check(ctx, s)
-			if p != nil {
-				res = u.newDeployment(s, p).run(ctx)
-			} else {
-				u.report(res, s.ref.Local())
-			}
-		}
+		res := u.checkAndDeploy(u.deployCtx, s)
 		// Free the guard before the result is out: a caller that triggers
 		// again as soon as it has the result must not be told it is busy.
 		u.release(s)
 		out <- res
 	}()
 	return out, nil
+}
+
+// checkAndDeploy checks a service whose guard the caller holds and deploys
+// if its digest changed; a deploy still recorded as in flight is resumed
+// instead. The result is reported.
+func (u *Updater) checkAndDeploy(ctx context.Context, s *service) Result {
+	if rec := u.store.Get(s.cfg.Name).Deploy; rec != nil {
+		return u.resume(ctx, s, *rec)
+	}
+	p, res := u.check(ctx, s)
+	if p == nil {
+		u.report(res, s.ref.Local())
+		return res
+	}
+	return u.newDeployment(s, p).run(ctx)
 }
 
 // report announces how a check or deploy ended: the log line, the metrics
