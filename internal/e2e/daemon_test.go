@@ -363,26 +363,26 @@ func (s *scenario) triggerAsync() {
 // imageID is the local image ID of a reference.
 func (s *scenario) imageID(ref string) string {
 	s.t.Helper()
-	return strings.TrimSpace(docker(s.t, "image", "inspect", "-f", "{{.Id}}", ref))
+	return strings.TrimSpace(s.docker("image", "inspect", "-f", "{{.Id}}", ref))
 }
 
 // runsImage reports whether a running container of the project was created
 // from the image. Unlike running it tolerates a container that compose
 // removes between the listing and the inspection: that is just "not yet".
 func (s *scenario) runsImage(id string) (bool, string) {
-	out, err := exec.Command("docker", "ps", "-q", "--no-trunc", "--filter", "label=com.docker.compose.project="+s.project, "--filter", "status=running").Output()
+	out, err := s.tryDocker("ps", "-q", "--no-trunc", "--filter", "label=com.docker.compose.project="+s.project, "--filter", "status=running")
 	if err != nil {
 		return false, "docker ps: " + err.Error()
 	}
-	ids := strings.Fields(string(out))
+	ids := strings.Fields(out)
 	if len(ids) == 0 {
 		return false, "no running container"
 	}
-	out, err = exec.Command("docker", append([]string{"inspect", "-f", "{{.Image}}"}, ids...)...).Output()
+	out, err = s.tryDocker(append([]string{"inspect", "-f", "{{.Image}}"}, ids...)...)
 	if err != nil {
 		return false, "docker inspect: " + err.Error()
 	}
-	images := strings.Fields(string(out))
+	images := strings.Fields(out)
 	return slices.Contains(images, id), fmt.Sprintf("running images %v, want %s", images, id)
 }
 

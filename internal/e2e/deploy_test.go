@@ -17,7 +17,10 @@ import (
 // :rollback, and the team hears about it.
 func TestGoodPushIsDeployed(t *testing.T) {
 	t.Parallel()
-	s := newScenario(t, "good")
+	underEachCompose(t, "good", testGoodPushIsDeployed)
+}
+
+func testGoodPushIsDeployed(t *testing.T, s *scenario) {
 	v1 := s.push(healthyImage)
 	s.up()
 	s.start()
@@ -36,7 +39,7 @@ func TestGoodPushIsDeployed(t *testing.T) {
 		t.Errorf("watcher_service_healthy = %v, want 1", got)
 	}
 	// The previous image is kept under :rollback.
-	rb := strings.TrimSpace(docker(t, "image", "inspect", "-f", "{{json .RepoDigests}}", s.ref("rollback")))
+	rb := strings.TrimSpace(s.docker("image", "inspect", "-f", "{{json .RepoDigests}}", s.ref("rollback")))
 	if !strings.Contains(rb, v1) {
 		t.Errorf("%s has RepoDigests %s, want the v1 digest %s", s.ref("rollback"), rb, v1)
 	}
@@ -56,7 +59,10 @@ func TestGoodPushIsDeployed(t *testing.T) {
 // later polls; a newer good push clears the block and goes live.
 func TestUnhealthyPushIsRolledBackAndBlocked(t *testing.T) {
 	t.Parallel()
-	s := newScenario(t, "unhealthy")
+	underEachCompose(t, "unhealthy", testUnhealthyPushIsRolledBackAndBlocked)
+}
+
+func testUnhealthyPushIsRolledBackAndBlocked(t *testing.T, s *scenario) {
 	// The rollback must reach a receiver that checks Discord's contract and
 	// a real SMTP server too.
 	discord := notifytest.StartDiscord(t)
@@ -298,7 +304,10 @@ func TestParallelTriggersDeployOnce(t *testing.T) {
 // A blocked digest stays blocked across a restart of dockward.
 func TestRestartKeepsBlock(t *testing.T) {
 	t.Parallel()
-	s := newScenario(t, "restart")
+	underEachCompose(t, "restart", testRestartKeepsBlock)
+}
+
+func testRestartKeepsBlock(t *testing.T, s *scenario) {
 	s.pollInterval = 3600
 	s.grace = 5
 	v1 := s.push(healthyImage)

@@ -46,6 +46,15 @@ func testMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "FAIL: the end-to-end tests need a running Docker engine (docker version: %v)\n%s\nInstall docker.io and start dockerd (make test does both).\n", err, out)
 		return 1
 	}
+	// Every scenario runs under the compose v2 plugin, the core ones under
+	// docker-compose v1 too.
+	for _, c := range [][]string{{"docker", "compose", "version"}, {"docker-compose", "version"}} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "FAIL: the end-to-end tests need %s (%s: %v)\n%s\nmake test installs both: .ci/compose-v2 builds the v2 plugin into /usr/local/lib/docker/cli-plugins, .ci/setup installs docker-compose v1.\n",
+				strings.Join(c[:len(c)-1], " "), strings.Join(c, " "), err, out)
+			return 1
+		}
+	}
 	dir, err := os.MkdirTemp("", "dockward-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -71,6 +80,7 @@ type image struct {
 	noHealthcheck bool
 	startPeriod   string // healthcheck --start-period, e.g. "1h" to stay "starting"
 	crashAfter    string // APP_CRASH_AFTER for mode crash
+	healthyAfter  string // APP_HEALTHY_AFTER: the healthcheck fails until the app has run this long
 }
 
 var (
@@ -102,6 +112,8 @@ type scenario struct {
 	env          []string       // extra environment of the dockward process
 	notify       map[string]any // extra notification channels (discord, smtp)
 	registryCfg  map[string]any // extra fields of the registry's config
+	composeCmd   []string       // docker.compose_command; nil: detection, which must find the v2 plugin
+	dockerHost   string         // DOCKER_HOST of the docker CLI and compose that the test runs; "": the default engine
 
 	// edit, when set, changes the config before it is written.
 	edit func(cfg map[string]any)
@@ -153,13 +165,13 @@ func (s *scenario) push(img image) string {
 	if img.noHealthcheck {
 		hc = ""
 	}
-	dockerfile := fmt.Sprintf("FROM scratch\nCOPY app /app\nENV APP_MODE=%s APP_CRASH_AFTER=%s\nLABEL dockward.e2e.nonce=%d\n%s\nENTRYPOINT [\"/app\"]\n",
-		img.mode, orDefault(img.crashAfter, "300ms"), time.Now().UnixNano(), hc)
+	dockerfile := fmt.Sprintf("FROM scratch\nCOPY app /app\nENV APP_MODE=%s APP_CRASH_AFTER=%s APP_HEALTHY_AFTER=%s\nLABEL dockward.e2e.nonce=%d\n%s\nENTRYPOINT [\"/app\"]\n",
+		img.mode, orDefault(img.crashAfter, "300ms"), img.healthyAfter, time.Now().UnixNano(), hc)
 	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(dockerfile), 0o644); err != nil {
 		s.t.Fatal(err)
 	}
-	docker(s.t, "build", "-q", "-t", s.ref("latest"), dir)
-	out := docker(s.t, "push", s.ref("latest"))
+	s.docker("build", "-q", "-t", s.ref("latest"), dir)
+	out := s.docker("push", s.ref("latest"))
 	m := regexp.MustCompile(`digest: (sha256:[0-9a-f]{64})`).FindStringSubmatch(out)
 	if m == nil {
 		s.t.Fatalf("docker push printed no digest:\n%s", out)
@@ -189,7 +201,7 @@ services:
 func (s *scenario) up() {
 	s.t.Helper()
 	s.writeCompose()
-	compose(s.t, "-f", s.compose, "-p", s.project, "up", "-d")
+	s.composeTool("-f", s.compose, "-p", s.project, "up", "-d")
 }
 
 // config is the dockward config of the scenario.
@@ -232,6 +244,9 @@ func (s *scenario) dockerConfig() map[string]any {
 	c := map[string]any{"compose_timeout": 120, "stop_timeout": 2}
 	if s.socket != "" {
 		c["socket"] = s.socket
+	}
+	if s.composeCmd != nil {
+		c["compose_command"] = s.composeCmd
 	}
 	return c
 }
@@ -290,6 +305,7 @@ func (s *scenario) start() {
 			return code == 200, body
 		})
 		if !taken {
+			s.checkCompose()
 			return
 		}
 		s.t.Logf("API port %d was taken before dockward bound it; trying another", s.apiPort)
@@ -314,16 +330,17 @@ func (s *scenario) cleanup() {
 		}
 	}
 	if s.t.Failed() {
-		out, _ := exec.Command("docker", "ps", "-a", "--filter", "label=com.docker.compose.project="+s.project,
-			"--format", "{{.Names}} {{.Image}} {{.Status}}").CombinedOutput()
+		out, _ := s.tryDocker("ps", "-a", "--filter", "label=com.docker.compose.project="+s.project,
+			"--format", "{{.Names}} {{.Image}} {{.Status}}")
 		s.t.Logf("containers of %s:\n%s", s.project, out)
 	}
 	if _, err := os.Stat(s.compose); err == nil {
-		exec.Command("docker-compose", "-f", s.compose, "-p", s.project, "down", "-t", "1").Run()
+		cmd := s.composeArgv("-f", s.compose, "-p", s.project, "down", "-t", "1")
+		exec.Command(cmd[0], cmd[1:]...).Run()
 	}
-	out, _ := exec.Command("docker", "images", "--format", "{{.Repository}}:{{.Tag}}", s.host+"/"+s.repo).Output()
-	for _, ref := range strings.Fields(string(out)) {
-		exec.Command("docker", "rmi", "-f", ref).Run()
+	out, _ := s.tryDocker("images", "--format", "{{.Repository}}:{{.Tag}}", s.host+"/"+s.repo)
+	for _, ref := range strings.Fields(out) {
+		s.tryDocker("rmi", "-f", ref)
 	}
 }
 
@@ -416,16 +433,16 @@ func (s *scenario) blocked() string {
 // docker CLI (independently of dockward's own client).
 func (s *scenario) running() []string {
 	s.t.Helper()
-	ids := strings.Fields(docker(s.t, "ps", "-q", "--filter", "label=com.docker.compose.project="+s.project, "--filter", "status=running"))
+	ids := strings.Fields(s.docker("ps", "-q", "--filter", "label=com.docker.compose.project="+s.project, "--filter", "status=running"))
 	var digests []string
 	for _, id := range ids {
 		// A container may be removed between ps and inspect (compose
 		// recreating it): skip it, the caller polls again.
-		img, err := tryDocker("inspect", "-f", "{{.Image}}", id)
+		img, err := s.tryDocker("inspect", "-f", "{{.Image}}", id)
 		if err != nil {
 			continue
 		}
-		out, err := tryDocker("image", "inspect", "-f", "{{json .RepoDigests}}", strings.TrimSpace(img))
+		out, err := s.tryDocker("image", "inspect", "-f", "{{json .RepoDigests}}", strings.TrimSpace(img))
 		if err != nil {
 			continue
 		}
@@ -445,10 +462,10 @@ func (s *scenario) running() []string {
 // health is the health status of the project's container(s).
 func (s *scenario) health() string {
 	s.t.Helper()
-	ids := strings.Fields(docker(s.t, "ps", "-aq", "--filter", "label=com.docker.compose.project="+s.project))
+	ids := strings.Fields(s.docker("ps", "-aq", "--filter", "label=com.docker.compose.project="+s.project))
 	var st []string
 	for _, id := range ids {
-		out, err := tryDocker("inspect", "-f", "{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}", id)
+		out, err := s.tryDocker("inspect", "-f", "{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}", id)
 		if err != nil {
 			continue // removed since ps
 		}
@@ -635,25 +652,80 @@ func docker(t *testing.T, args ...string) string {
 	return runTool(t, "docker", args...)
 }
 
-// tryDocker runs the docker CLI and returns its error instead of failing.
-func tryDocker(args ...string) (string, error) {
+// tryDockerEnv runs the docker CLI with env added to the test's environment
+// and returns its error instead of failing.
+func tryDockerEnv(env []string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "docker", args...).Output()
+	cmd := exec.CommandContext(ctx, "docker", args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.Output()
 	return string(out), err
 }
 
-func compose(t *testing.T, args ...string) string {
-	t.Helper()
-	return runTool(t, "docker-compose", args...)
+// toolEnv is the environment that the docker CLI and compose run by the
+// test get on top of the test's own: the scenario's engine.
+func (s *scenario) toolEnv() []string {
+	if s.dockerHost == "" {
+		return nil
+	}
+	return []string{"DOCKER_HOST=" + s.dockerHost, "DOCKER_CONTEXT="}
+}
+
+// docker runs the docker CLI against the scenario's engine.
+func (s *scenario) docker(args ...string) string {
+	s.t.Helper()
+	return runToolEnv(s.t, s.toolEnv(), "docker", args...)
+}
+
+// tryDocker runs the docker CLI against the scenario's engine and returns
+// its error instead of failing.
+func (s *scenario) tryDocker(args ...string) (string, error) {
+	return tryDockerEnv(s.toolEnv(), args...)
+}
+
+// composeArgv is the argv of the compose that dockward runs in the
+// scenario (s.composeCmd, else the v2 plugin), with args.
+func (s *scenario) composeArgv(args ...string) []string {
+	cmd := s.composeCmd
+	if cmd == nil {
+		cmd = []string{"docker", "compose"}
+	}
+	return append(append([]string(nil), cmd...), args...)
+}
+
+// composeTool runs the scenario's compose against its engine, as the
+// operator did before dockward.
+func (s *scenario) composeTool(args ...string) string {
+	s.t.Helper()
+	argv := s.composeArgv(args...)
+	return runToolEnv(s.t, s.toolEnv(), argv[0], argv[1:]...)
+}
+
+// checkCompose fails the test unless dockward's start line names the
+// compose the scenario asked for: the v2 plugin unless told otherwise.
+func (s *scenario) checkCompose() {
+	s.t.Helper()
+	want := `compose="docker compose v2.`
+	if s.composeCmd != nil {
+		want = `compose="` + strings.Join(s.composeCmd, " ") + " "
+	}
+	if countLines(s.proc.logs(), "dockward started", want) == 0 {
+		s.t.Fatalf("dockward did not start with the compose the scenario asked for (%s):\n%s", want, s.proc.logs())
+	}
 }
 
 func runTool(t *testing.T, name string, args ...string) string {
 	t.Helper()
+	return runToolEnv(t, nil, name, args...)
+}
+
+func runToolEnv(t *testing.T, env []string, name string, args ...string) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Env = append(os.Environ(), "DOCKER_BUILDKIT=0")
+	cmd.Env = append(append(os.Environ(), "DOCKER_BUILDKIT=0"), env...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

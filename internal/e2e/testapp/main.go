@@ -6,6 +6,9 @@
 //	APP_MODE=unhealthy  runs; its healthcheck fails
 //	APP_MODE=crash      exits with code 3 after APP_CRASH_AFTER (default 300ms)
 //
+// APP_HEALTHY_AFTER (a duration) makes the healthcheck of a healthy app fail
+// until the app has run that long, every time it starts.
+//
 // `testapp -check` is the image's healthcheck. `testapp -sick` (run with
 // docker exec) makes a healthy container turn unhealthy until it restarts;
 // `testapp -crash` makes it exit with code 3.
@@ -21,8 +24,9 @@ import (
 )
 
 const (
-	sickFile  = "/tmp/sick"
-	crashFile = "/tmp/crash"
+	sickFile    = "/tmp/sick"
+	crashFile   = "/tmp/crash"
+	startedFile = "/tmp/started" // when the app started, RFC 3339
 )
 
 func main() {
@@ -49,6 +53,7 @@ func main() {
 	os.MkdirAll("/tmp", 0o1777)
 	os.Remove(sickFile)
 	os.Remove(crashFile)
+	os.WriteFile(startedFile, []byte(time.Now().Format(time.RFC3339Nano)), 0o644)
 	fmt.Printf("testapp starting in mode %q\n", mode)
 	if mode == "crash" {
 		after, err := time.ParseDuration(os.Getenv("APP_CRASH_AFTER"))
@@ -80,6 +85,13 @@ func healthcheck(mode string) int {
 	if mode == "unhealthy" {
 		fmt.Println(`GET /healthz: 503 "database connection refused"`)
 		return 1
+	}
+	if after, err := time.ParseDuration(os.Getenv("APP_HEALTHY_AFTER")); err == nil {
+		b, _ := os.ReadFile(startedFile)
+		if started, err := time.Parse(time.RFC3339Nano, string(b)); err != nil || time.Since(started) < after {
+			fmt.Println("GET /healthz: 503 warming up")
+			return 1
+		}
 	}
 	if _, err := os.Stat(sickFile); err == nil {
 		fmt.Println("GET /healthz: 500 worker pool exhausted")
