@@ -715,6 +715,12 @@ func (s *scenario) checkCompose() {
 	}
 }
 
+// compose runs docker-compose v1 against the default engine.
+func compose(t *testing.T, args ...string) string {
+	t.Helper()
+	return runTool(t, "docker-compose", args...)
+}
+
 func runTool(t *testing.T, name string, args ...string) string {
 	t.Helper()
 	return runToolEnv(t, nil, name, args...)
