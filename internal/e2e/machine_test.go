@@ -77,8 +77,9 @@ func bootMachine(t *testing.T, binds ...bind) *machine {
 	}
 
 	m := &machine{
-		t:       t,
-		name:    fmt.Sprintf("dwe2e-%04x", rand.N(1<<16)),
+		t: t,
+		// Named after this process: see reapStale.
+		name:    fmt.Sprintf("dwe2e-%d-%04x", os.Getpid(), rand.N(1<<16)),
 		exited:  make(chan struct{}),
 		console: &syncBuffer{},
 	}
@@ -227,7 +228,9 @@ func ownCgroup(t *testing.T, name string) []string {
 		if !ok {
 			continue
 		}
-		dir := filepath.Join(mount, parts[2], name)
+		base := filepath.Join(mount, parts[2])
+		reapStale(t, base)
+		dir := filepath.Join(base, name)
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			t.Fatalf("create a cgroup for the machine: %v", err)
 		}
@@ -238,6 +241,41 @@ func ownCgroup(t *testing.T, name string) []string {
 		t.Fatalf("no cgroup hierarchy for systemd-nspawn found in /proc/self/mountinfo and /proc/self/cgroup")
 	}
 	return procs
+}
+
+// reapStale ends the machines in base that a test process left behind
+// when it died without running its cleanups (a -timeout panic): killing
+// systemd-nspawn does not end the machine. A machine's cgroup is named
+// dwe2e-<PID of its test process>-<random>.
+func reapStale(t *testing.T, base string) {
+	entries, err := os.ReadDir(base)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		var pid, n int
+		if _, err := fmt.Sscanf(e.Name(), "dwe2e-%d-%x", &pid, &n); err != nil || !e.IsDir() {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+			continue // its test still runs
+		}
+		dir := filepath.Join(base, e.Name())
+		t.Logf("ending machine %s, left behind by test process %d", dir, pid)
+		filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+			if err != nil || d.Name() != "cgroup.procs" {
+				return nil
+			}
+			b, _ := os.ReadFile(path)
+			for _, f := range strings.Fields(string(b)) {
+				if p, err := strconv.Atoi(f); err == nil {
+					syscall.Kill(p, syscall.SIGKILL)
+				}
+			}
+			return nil
+		})
+		removeCgroup(t, dir)
+	}
 }
 
 // removeCgroup removes a cgroup and the ones the machine's systemd made

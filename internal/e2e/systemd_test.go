@@ -51,6 +51,14 @@ func bootScenarioMachine(t *testing.T, s *scenario) *machine {
 		{host: cli, machine: cli, readOnly: true},
 		{host: s.dir, machine: machineSrv, readOnly: true},
 	}
+	// The scenario removes its tags; the pushes it replaced are left
+	// untagged (repository@digest) until this removes them.
+	t.Cleanup(func() {
+		out, _ := tryDocker("images", "-q", "--no-trunc", "--filter", "reference="+s.host+"/"+s.repo)
+		if ids := strings.Fields(out); len(ids) > 0 {
+			tryDocker(append([]string{"rmi", "-f"}, ids...)...)
+		}
+	})
 	plugins := 0
 	for _, dir := range []string{"/usr/local/lib/docker/cli-plugins", "/usr/lib/docker/cli-plugins", "/usr/libexec/docker/cli-plugins"} {
 		if _, err := os.Stat(filepath.Join(dir, "docker-compose")); err == nil {
