@@ -54,9 +54,9 @@ func bootScenarioMachine(t *testing.T, s *scenario) *machine {
 	// The scenario removes its tags; the pushes it replaced are left
 	// untagged (repository@digest) until this removes them.
 	t.Cleanup(func() {
-		out, _ := tryDocker("images", "-q", "--no-trunc", "--filter", "reference="+s.host+"/"+s.repo)
+		out, _ := s.tryDocker("images", "-q", "--no-trunc", "--filter", "reference="+s.host+"/"+s.repo)
 		if ids := strings.Fields(out); len(ids) > 0 {
-			tryDocker(append([]string{"rmi", "-f"}, ids...)...)
+			s.tryDocker(append([]string{"rmi", "-f"}, ids...)...)
 		}
 	})
 	plugins := 0
