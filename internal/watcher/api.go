@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"html/template"
 	"log/slog"
 	"net/http"
 	"sort"
@@ -26,6 +27,7 @@ type API struct {
 	engine   engineVersioner
 	compose  string
 	started  time.Time
+	page     *template.Template
 	// eventsToken enables POST /registry/events when set.
 	eventsToken string
 }
@@ -54,7 +56,7 @@ func NewAPI(deps APIDeps) http.Handler {
 	a := &API{
 		updater: deps.Updater, metrics: deps.Metrics, logger: deps.Logger, version: deps.Version, now: deps.Now,
 		services: deps.Updater, state: deps.Store, seen: deps.Metrics, engine: deps.Engine,
-		compose: deps.Compose, started: deps.Started, eventsToken: deps.EventsToken,
+		compose: deps.Compose, started: deps.Started, eventsToken: deps.EventsToken, page: parsePage(),
 	}
 	if a.now == nil {
 		a.now = time.Now

@@ -62,8 +62,8 @@ var stateWords = map[string]string{
 	"unknown": "not checked yet",
 }
 
-// ago says how long before now t was, for people: "12s ago", "3m ago".
-func (v pageView) ago(t time.Time) string {
+// Ago says how long before now t was, for people: "12s ago", "3m ago".
+func (v pageView) Ago(t time.Time) string {
 	d := v.now.Sub(t)
 	if d < 0 {
 		return "in " + human(-d)
@@ -71,8 +71,8 @@ func (v pageView) ago(t time.Time) string {
 	return human(d) + " ago"
 }
 
-// until says how long after now t is: "in 25s", or "due now" once passed.
-func (v pageView) until(t time.Time) string {
+// Until says how long after now t is: "in 25s", or "due now" once passed.
+func (v pageView) Until(t time.Time) string {
 	d := t.Sub(v.now)
 	if d < time.Second {
 		return "due now"
@@ -94,11 +94,11 @@ func human(d time.Duration) string {
 	return fmt.Sprintf("%dd", int(d.Hours()/24))
 }
 
-func (v pageView) funcs() template.FuncMap {
+// pageFuncs are the template's functions; times relative to now are
+// methods of pageView ($.Ago, $.Until).
+func pageFuncs() template.FuncMap {
 	return template.FuncMap{
 		"short": short,
-		"ago":   v.ago,
-		"until": v.until,
 		"words": func(state string) string { return stateWords[state] },
 		"stamp": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
 		"secs":  func(f float64) string { return fmt.Sprintf("%.1fs", f) },
@@ -119,13 +119,8 @@ func (v pageView) funcs() template.FuncMap {
 // with no script and no external asset.
 func (a *API) servePage(w http.ResponseWriter, r *http.Request) {
 	v := newPageView(a.buildStatus(a.now()))
-	t, err := template.New("page").Funcs(v.funcs()).Parse(pageTemplate)
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, "page template: "+err.Error())
-		return
-	}
 	var buf bytes.Buffer
-	if err := t.Execute(&buf, v); err != nil {
+	if err := a.page.Execute(&buf, v); err != nil {
 		writeError(w, http.StatusInternalServerError, "render page: "+err.Error())
 		return
 	}
@@ -137,6 +132,11 @@ func (a *API) servePage(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "no-referrer")
 	w.Write(buf.Bytes())
+}
+
+// parsePage parses the page's template; a mistake in it fails every test.
+func parsePage() *template.Template {
+	return template.Must(template.New("page").Funcs(pageFuncs()).Parse(pageTemplate))
 }
 
 const pageTemplate = `<!doctype html>
@@ -198,7 +198,7 @@ a { color: var(--busy); }
 <span>up {{dur .UptimeSeconds}}</span>
 <span>engine {{if .Engine}}{{.Engine}} (API {{.EngineAPI}}){{else}}<b>not reached yet</b>{{end}}</span>
 <span>{{.Compose}}</span>
-<span>last poll {{with .LastPoll}}<time datetime="{{stamp .}}" title="{{stamp .}}">{{ago .}}</time>{{else}}none yet{{end}}</span>
+<span>last poll {{with .LastPoll}}<time datetime="{{stamp .}}" title="{{stamp .}}">{{$.Ago .}}</time>{{else}}none yet{{end}}</span>
 <span>poll every {{dur .PollIntervalSeconds}}</span>
 </p>{{end}}
 <ul class="counts" aria-label="services by state">
@@ -213,12 +213,12 @@ a { color: var(--busy); }
 {{range .Rows}}<tr id="service-{{.Name}}" class="service s-{{.State}}" data-service="{{.Name}}" data-state="{{.State}}">
 <td data-label="Service"><div><span class="name">{{.Name}}</span><span class="sub">{{if .Image}}{{.Image}}{{else}}no image{{end}}</span></div></td>
 <td data-label="State"><div><span class="badge">{{words .State}}</span>{{with .LastCheck}}{{if eq .Outcome "error"}}<span class="reason">{{.Reason}}</span>{{end}}{{end}}</div></td>
-<td data-label="Running"><div>{{with .Running}}<code title="{{.Digest}}">{{short .Digest}}</code><span class="sub">seen {{ago .At}}</span>{{else}}<span class="none">unknown</span>{{end}}</div></td>
-<td data-label="Registry"><div>{{with .Registry}}<code title="{{.Digest}}">{{short .Digest}}</code><span class="sub">read {{ago .At}}</span>{{else}}<span class="none">{{if $.Status.Daemon.LastPoll}}not read{{else}}not read yet{{end}}</span>{{end}}</div></td>
-<td data-label="Last deploy"><div>{{$blocked := .Blocked}}{{with .LastDeploy}}{{outcome .Outcome}} <code title="{{.Digest}}">{{short .Digest}}</code><span class="sub"><time datetime="{{stamp .Started}}" title="{{stamp .Started}}">{{ago .Started}}</time>, took {{secs .Seconds}}</span>{{if and .Reason (not (and $blocked (eq $blocked.Digest .Digest)))}}<span class="reason">{{.Reason}}</span>{{end}}{{else}}<span class="none">none</span>{{end}}</div></td>
-<td data-label="Blocked"><div>{{with .Blocked}}<code title="{{.Digest}}">{{short .Digest}}</code><span class="sub">since {{ago .Since}}</span><span class="reason">{{.Reason}}</span>{{else}}<span class="none">no</span>{{end}}</div></td>
-<td data-label="Auto-heal"><div>{{if not .AutoHeal}}<span class="none">off</span>{{else if .Heal.GaveUp}}<b>gave up</b> after {{restarts .Heal.Restarts}}{{else}}{{restarts .Heal.Restarts}}{{with .Heal.CooldownUntil}}<span class="sub">cooldown ends {{until .}}</span>{{end}}{{end}}</div></td>
-<td data-label="Next poll"><div>{{if not .AutoUpdate}}<span class="none">auto_update off</span>{{else}}{{with .NextPoll}}{{until .}}{{else}}<span class="none">after the first poll</span>{{end}}{{end}}</div></td>
+<td data-label="Running"><div>{{with .Running}}<code title="{{.Digest}}">{{short .Digest}}</code><span class="sub">seen {{$.Ago .At}}</span>{{else}}<span class="none">unknown</span>{{end}}</div></td>
+<td data-label="Registry"><div>{{with .Registry}}<code title="{{.Digest}}">{{short .Digest}}</code><span class="sub">read {{$.Ago .At}}</span>{{else}}<span class="none">{{if $.Status.Daemon.LastPoll}}not read{{else}}not read yet{{end}}</span>{{end}}</div></td>
+<td data-label="Last deploy"><div>{{$blocked := .Blocked}}{{with .LastDeploy}}{{outcome .Outcome}} <code title="{{.Digest}}">{{short .Digest}}</code><span class="sub"><time datetime="{{stamp .Started}}" title="{{stamp .Started}}">{{$.Ago .Started}}</time>, took {{secs .Seconds}}</span>{{if and .Reason (not (and $blocked (eq $blocked.Digest .Digest)))}}<span class="reason">{{.Reason}}</span>{{end}}{{else}}<span class="none">none</span>{{end}}</div></td>
+<td data-label="Blocked"><div>{{with .Blocked}}<code title="{{.Digest}}">{{short .Digest}}</code><span class="sub">since {{$.Ago .Since}}</span><span class="reason">{{.Reason}}</span>{{else}}<span class="none">no</span>{{end}}</div></td>
+<td data-label="Auto-heal"><div>{{if not .AutoHeal}}<span class="none">off</span>{{else if .Heal.GaveUp}}<b>gave up</b> after {{restarts .Heal.Restarts}}{{else}}{{restarts .Heal.Restarts}}{{with .Heal.CooldownUntil}}<span class="sub">cooldown ends {{$.Until .}}</span>{{end}}{{end}}</div></td>
+<td data-label="Next poll"><div>{{if not .AutoUpdate}}<span class="none">auto_update off</span>{{else}}{{with .NextPoll}}{{$.Until .}}{{else}}<span class="none">after the first poll</span>{{end}}{{end}}</div></td>
 </tr>
 {{end}}</tbody>
 </table>

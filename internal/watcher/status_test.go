@@ -1,6 +1,8 @@
 package watcher
 
 import (
+	"fmt"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -228,5 +230,78 @@ func golden(t *testing.T, name, got string) {
 	}
 	if got != string(want) {
 		t.Errorf("%s differs from the golden file %s (run go test -update to accept):\n%s", name, path, got)
+	}
+}
+
+// Fakes of the status sources, for a status of any size without a world.
+type (
+	fakeServices struct{ cfgs []config.Service }
+	fakeState    map[string]state.Service
+	fakeSeen     map[string]Observation
+)
+
+var (
+	_ serviceSource     = fakeServices{}
+	_ stateSource       = fakeState{}
+	_ observationSource = fakeSeen{}
+)
+
+func (f fakeServices) ServiceConfigs() []config.Service { return f.cfgs }
+func (f fakeServices) ImageRefs() map[string]string {
+	out := map[string]string{}
+	for _, c := range f.cfgs {
+		out[c.Name] = testRegistryHost + "/" + c.Image
+	}
+	return out
+}
+func (f fakeServices) Deploying(string) bool        { return false }
+func (f fakeServices) PollInterval() time.Duration  { return 5 * time.Minute }
+func (f fakeState) Get(name string) state.Service   { return f[name] }
+func (f fakeSeen) Observed(name string) Observation { return f[name] }
+func (f fakeSeen) LastPoll() time.Time              { return time.Unix(1e9, 0) }
+
+// fiftyServices is an API over 50 services, every fifth one blocked.
+func fiftyServices() *API {
+	now := time.Unix(1e9, 0)
+	yes := true
+	svcs, st, seen := fakeServices{}, fakeState{}, fakeSeen{}
+	for i := range 50 {
+		name := fmt.Sprintf("service-%02d", i)
+		svcs.cfgs = append(svcs.cfgs, svc(name, true))
+		s := state.Service{LastDeploy: &state.DeployResult{Digest: digestB, Previous: digestA, Outcome: "deployed", Started: now.Add(-time.Hour), Seconds: 4}}
+		if i%5 == 0 {
+			s.Blocked = &state.Block{Digest: digestC, Since: now.Add(-time.Minute), Reason: "container " + name + "-web-1 is unhealthy; last healthcheck output: " + unhealthyOutput}
+		}
+		st[name] = s
+		seen[name] = Observation{Healthy: &yes, RegistryDigest: digestB, RegistryRead: now, Running: digestB, RunningSeen: now, LastCheck: now, LastOutcome: UpToDate}
+	}
+	return &API{services: svcs, state: st, seen: seen, version: "bench", started: now.Add(-time.Hour), now: func() time.Time { return now }, page: parsePage()}
+}
+
+// BenchmarkStatus50 measures GET /status with 50 services.
+func BenchmarkStatus50(b *testing.B) {
+	h := methods{"GET": fiftyServices().status}
+	req := httptest.NewRequest("GET", "/status", nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != 200 {
+			b.Fatal(rec.Code)
+		}
+	}
+}
+
+// BenchmarkPage50 measures GET / with 50 services.
+func BenchmarkPage50(b *testing.B) {
+	h := methods{"GET": fiftyServices().servePage}
+	req := httptest.NewRequest("GET", "/", nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != 200 {
+			b.Fatal(rec.Code)
+		}
 	}
 }
