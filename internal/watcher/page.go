@@ -187,6 +187,10 @@ a { color: var(--busy); }
   td::before { content: attr(data-label); flex: 0 0 6.5rem; color: var(--muted); font-size: .85em; }
   td > div { min-width: 0; }
   .reason { max-width: none; }
+  /* Healthy services take one line; the details are on a wider screen and in /status. */
+  tr.s-ok { display: flex; flex-wrap: wrap; align-items: baseline; margin-bottom: .4rem; }
+  tr.s-ok td { width: auto; }
+  tr.s-ok td::before, tr.s-ok td:nth-child(n+3), tr.s-ok .sub { display: none; }
 }
 </style>
 </head>
@@ -197,7 +201,7 @@ a { color: var(--busy); }
 <span>version <b>{{.Version}}</b></span>
 <span>up {{dur .UptimeSeconds}}</span>
 <span>engine {{if .Engine}}{{.Engine}} (API {{.EngineAPI}}){{else}}<b>not reached yet</b>{{end}}</span>
-<span>{{.Compose}}</span>
+{{if .Compose}}<span>{{.Compose}}</span>{{end}}
 <span>last poll {{with .LastPoll}}<time datetime="{{stamp .}}" title="{{stamp .}}">{{$.Ago .}}</time>{{else}}none yet{{end}}</span>
 <span>poll every {{dur .PollIntervalSeconds}}</span>
 </p>{{end}}
