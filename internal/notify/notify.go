@@ -76,6 +76,7 @@ const (
 	HealFailed         Event = "heal_failed"
 	HealGaveUp         Event = "heal_gave_up"
 	Died               Event = "died"
+	Stopped            Event = "stopped" // a container exited with code 0 that nobody asked to stop
 	Started            Event = "started"
 	Stopping           Event = "stopping"
 	ConfigReloaded     Event = "config_reloaded"

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"sync"
@@ -33,9 +34,16 @@ type File struct {
 
 // Service is what is remembered about one service.
 type Service struct {
-	Blocked *Block  `json:"blocked,omitempty"`
-	Heal    Heal    `json:"heal"`
-	Deploy  *Deploy `json:"deploy,omitempty"`
+	Blocked *Block `json:"blocked,omitempty"`
+	// Heal is the service-wide heal state that files written before heal
+	// state was kept per container hold. It is only read: the healer moves
+	// it to each of the service's containers and clears it.
+	Heal Heal `json:"heal,omitzero"`
+	// Containers is the heal state of each container of the service, keyed
+	// by what survives the container being recreated: its compose service
+	// and number ("web-1"), or its name without compose labels.
+	Containers map[string]Heal `json:"containers,omitempty"`
+	Deploy     *Deploy         `json:"deploy,omitempty"`
 	// LastDeploy is the verdict of the last deploy, kept for GET /status.
 	LastDeploy *DeployResult `json:"last_deploy,omitempty"`
 }
@@ -47,7 +55,8 @@ type Block struct {
 	Reason string    `json:"reason"`
 }
 
-// Heal tracks auto-heal restarts so cooldowns and the give-up cap survive a restart.
+// Heal tracks one container's auto-heal restarts so cooldowns and the
+// give-up cap survive a restart.
 type Heal struct {
 	LastRestart time.Time `json:"last_restart,omitzero"`
 	Consecutive int       `json:"consecutive,omitempty"`
@@ -268,9 +277,10 @@ func (s *Service) clone() Service {
 		r := *s.LastDeploy
 		c.LastDeploy = &r
 	}
+	c.Containers = maps.Clone(s.Containers)
 	return c
 }
 
 func (s Service) isZero() bool {
-	return s.Blocked == nil && s.Deploy == nil && s.LastDeploy == nil && s.Heal == Heal{}
+	return s.Blocked == nil && s.Deploy == nil && s.LastDeploy == nil && s.Heal == Heal{} && len(s.Containers) == 0
 }

@@ -168,7 +168,7 @@ func TestFileFormat(t *testing.T) {
 	if doc.Version == nil || *doc.Version != 1 {
 		t.Errorf("state file version = %v, want 1\n%s", doc.Version, b)
 	}
-	want := `{"blocked":{"digest":"` + badDigest + `","since":"2024-05-01T12:00:00Z","reason":"unhealthy after deploy"},"heal":{}}`
+	want := `{"blocked":{"digest":"` + badDigest + `","since":"2024-05-01T12:00:00Z","reason":"unhealthy after deploy"}}`
 	var got bytes.Buffer
 	if err := json.Compact(&got, doc.Services["web"]); err != nil {
 		t.Fatal(err)

@@ -1,11 +1,15 @@
 package watcher
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -40,6 +44,18 @@ const (
 	intentionalWindow = 10 * time.Minute
 )
 
+// An exit with code 0 that nobody asked for is a `stopped` (info), not a
+// crash, unless it repeats: the cleanExitRepeats-th such exit of one
+// container within cleanExitWindow is a `died` (critical), and the count
+// starts again.
+const (
+	cleanExitRepeats = 3
+	cleanExitWindow  = 10 * time.Minute
+)
+
+// Compose labels the healer reads besides the project and service.
+const labelNumber = "com.docker.compose.container-number"
+
 // HealerDeps are the parts the healer works with.
 type HealerDeps struct {
 	Logger  *slog.Logger
@@ -52,8 +68,9 @@ type HealerDeps struct {
 }
 
 // Healer follows the engine's event stream: it restarts containers that
-// turn unhealthy (with a cooldown and a cap), verifies the restart, and
-// reports crashes with their cause.
+// turn unhealthy (with a cooldown and a cap per container), verifies the
+// restart, reports crashes with their cause, and is the one place that
+// decides watcher_service_healthy.
 type Healer struct {
 	logger  *slog.Logger
 	engine  healEngine
@@ -63,9 +80,12 @@ type Healer struct {
 	metrics *Metrics
 	now     func() time.Time
 
-	// recheck carries container IDs to look at again (a cooldown ended, a
-	// verify failed); the event loop drains it.
-	recheck chan string
+	// wake says that pending holds containers to look at again (a cooldown
+	// ended, a verify failed); resync asks for a reconcile (the config
+	// changed). Both have room for one signal: a signal that finds one
+	// already waiting is not needed, and nothing is dropped.
+	wake   chan struct{}
+	resync chan struct{}
 	// work tracks the goroutines Run starts (rechecks, restarts and their
 	// verification), so Run returns only once they are done.
 	work sync.WaitGroup
@@ -74,42 +94,74 @@ type Healer struct {
 	mu          sync.Mutex
 	byProject   map[string]config.Service
 	stopTimeout time.Duration
-	stopped     map[string]time.Time // container ID → last kill/stop event
-	healing     map[string]bool      // container IDs with a restart or verify in flight
-	timers      map[string]*time.Timer
+	stopped     map[string]time.Time   // container ID → last kill/stop event
+	healing     map[string]bool        // container IDs with a restart or verify in flight
+	timers      map[string]*time.Timer // container ID → pending recheck
+	pending     map[string]bool        // container IDs due for a recheck
+	cleanExits  map[string][]time.Time // service/heal key → recent unasked exits with code 0
+	view        healthView
+	// Failures to reach the engine are logged at warn when they start and
+	// at info when they end, not on every try.
+	listFailing    map[string]bool // service name → listing its containers fails
+	inspectFailing bool
 }
 
 // NewHealer builds a healer for cfg.
 func NewHealer(cfg *config.Config, deps HealerDeps) *Healer {
 	h := &Healer{
-		logger:  deps.Logger,
-		engine:  deps.Engine,
-		guard:   deps.Guard,
-		notify:  deps.Notify,
-		store:   deps.Store,
-		metrics: deps.Metrics,
-		now:     deps.Now,
-		recheck: make(chan string, 64),
-		stopped: map[string]time.Time{},
-		healing: map[string]bool{},
-		timers:  map[string]*time.Timer{},
+		logger:      deps.Logger,
+		engine:      deps.Engine,
+		guard:       deps.Guard,
+		notify:      deps.Notify,
+		store:       deps.Store,
+		metrics:     deps.Metrics,
+		now:         deps.Now,
+		wake:        make(chan struct{}, 1),
+		resync:      make(chan struct{}, 1),
+		stopped:     map[string]time.Time{},
+		healing:     map[string]bool{},
+		timers:      map[string]*time.Timer{},
+		pending:     map[string]bool{},
+		cleanExits:  map[string][]time.Time{},
+		view:        healthView{},
+		listFailing: map[string]bool{},
 	}
 	if h.now == nil {
 		h.now = time.Now
 	}
-	h.SetConfig(cfg)
+	h.apply(cfg)
 	return h
 }
 
-// SetConfig applies a (re)loaded config.
+// SetConfig applies a reloaded config and reconciles, so services that
+// were added or moved to another project are looked at at once.
 func (h *Healer) SetConfig(cfg *config.Config) {
+	h.apply(cfg)
+	select {
+	case h.resync <- struct{}{}:
+	default: // a reconcile is already due
+	}
+}
+
+func (h *Healer) apply(cfg *config.Config) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.byProject = map[string]config.Service{}
+	names := map[string]bool{}
 	for _, s := range cfg.Services {
 		h.byProject[s.ComposeProject] = s
-		st := h.store.Get(s.Name).Heal
-		h.metrics.SetGaveUp(s.Name, st.GaveUp)
+		names[s.Name] = true
+		h.metrics.SetGaveUp(s.Name, gaveUp(h.store.Get(s.Name)))
+	}
+	for id, c := range h.view {
+		if !names[c.service] || h.byProject[c.project].Name != c.service {
+			delete(h.view, id)
+		}
+	}
+	for name := range h.listFailing {
+		if !names[name] {
+			delete(h.listFailing, name)
+		}
 	}
 	h.stopTimeout = cfg.Docker.StopTimeout.Duration()
 }
@@ -138,7 +190,7 @@ func (h *Healer) services() []config.Service {
 func (h *Healer) Run(ctx context.Context) error {
 	filters := map[string][]string{
 		"type":  {"container"},
-		"event": {"health_status", "die", "kill", "start"},
+		"event": {"health_status", "die", "kill", "start", "destroy"},
 		// Label filters are ANDed by the engine, so match the key here and
 		// the project in handle.
 		"label": {docker.LabelProject},
@@ -195,6 +247,8 @@ func (h *Healer) Run(ctx context.Context) error {
 	}
 }
 
+// drainRechecks looks again at the containers whose recheck is due, and
+// reconciles when the config changed.
 func (h *Healer) drainRechecks(ctx context.Context) {
 	for {
 		select {
@@ -205,26 +259,96 @@ func (h *Healer) drainRechecks(ctx context.Context) {
 			}
 			h.mu.Unlock()
 			return
-		case id := <-h.recheck:
-			h.inspectAndHeal(ctx, id)
+		case <-h.resync:
+			h.reconcile(ctx)
+		case <-h.wake:
+			h.mu.Lock()
+			due := slices.Sorted(maps.Keys(h.pending))
+			clear(h.pending)
+			h.mu.Unlock()
+			for _, id := range due {
+				h.inspectAndHeal(ctx, id)
+			}
 		}
 	}
 }
 
-// reconcile inspects every container of every watched project.
+// reconcile inspects every container of every watched project: it heals
+// what turned unhealthy unseen and rebuilds the health of each service.
 func (h *Healer) reconcile(ctx context.Context) {
 	for _, s := range h.services() {
 		list, err := h.engine.ListContainers(ctx, s.ComposeProject, true)
+		if ctx.Err() != nil {
+			return
+		}
+		h.listResult(s.Name, s.ComposeProject, err)
 		if err != nil {
-			if ctx.Err() == nil {
-				h.logger.Debug("reconcile: list containers", "service", s.Name, "err", err)
-			}
 			continue
 		}
+		keys := make([]string, 0, len(list))
 		for _, c := range list {
+			if c.Labels[labelOneoff] != "True" {
+				keys = append(keys, healKey(c.Labels, c.Name))
+			}
+		}
+		h.migrateHeal(s.Name, keys)
+		listed := map[string]bool{}
+		for _, c := range list {
+			listed[c.ID] = true
 			h.inspectAndHeal(ctx, c.ID)
 		}
+		// Containers removed while nobody listened.
+		h.mu.Lock()
+		for id, c := range h.view {
+			if c.service == s.Name && !listed[id] {
+				delete(h.view, id)
+			}
+		}
+		h.publishHealthy(s.Name)
+		h.mu.Unlock()
 	}
+}
+
+// listResult logs a failure to list a project's containers when listing
+// starts failing, and says so when it works again.
+func (h *Healer) listResult(name, project string, err error) {
+	h.mu.Lock()
+	was := h.listFailing[name]
+	h.listFailing[name] = err != nil
+	h.mu.Unlock()
+	switch {
+	case err != nil && !was:
+		h.logger.Warn("reconcile: cannot list the project's containers; its health is unknown until it works again",
+			"service", name, "project", project, "err", err)
+	case err != nil:
+		h.logger.Debug("reconcile: list containers still failing", "service", name, "err", err)
+	case was:
+		h.logger.Info("reconcile: listing the project's containers works again", "service", name, "project", project)
+	}
+}
+
+// inspect inspects a container. A failure other than a missing container
+// is logged at warn when inspections start failing and at info when they
+// work again, not on every call.
+func (h *Healer) inspect(ctx context.Context, id string) (docker.ContainerDetails, error) {
+	d, err := h.engine.InspectContainer(ctx, id)
+	if ctx.Err() != nil {
+		return d, err
+	}
+	failing := err != nil && !errors.Is(err, docker.ErrNotFound)
+	h.mu.Lock()
+	was := h.inspectFailing
+	h.inspectFailing = failing
+	h.mu.Unlock()
+	switch {
+	case failing && !was:
+		h.logger.Warn("cannot inspect containers; healing waits until it works again", "container", id, "err", err)
+	case failing:
+		h.logger.Debug("inspect container still failing", "container", id, "err", err)
+	case was:
+		h.logger.Info("inspecting containers works again", "container", id)
+	}
+	return d, err
 }
 
 // handle reacts to one event of a watched project's container.
@@ -234,6 +358,14 @@ func (h *Healer) handle(ctx context.Context, ev docker.Event) {
 		return
 	}
 	log := h.logger.With("service", s.Name, "container", ev.Attributes["name"])
+	if ev.Attributes[labelOneoff] == "True" {
+		// docker compose run: the operator's own job, never healed nor
+		// reported, and no part of the service's health.
+		if ev.Action == "die" {
+			log.Debug("one-off container exited", "exit_code", ev.Attributes["exitCode"])
+		}
+		return
+	}
 	switch ev.Action {
 	case "kill":
 		// docker stop, compose down and restarts signal before the die;
@@ -249,6 +381,16 @@ func (h *Healer) handle(ctx context.Context, ev docker.Event) {
 		// A die after a fresh start is a crash unless a new kill comes first.
 		h.mu.Lock()
 		delete(h.stopped, ev.ID)
+		h.setView(ev.ID, s, func(c *containerView) { c.running, c.unhealthy, c.finished = true, false, false })
+		h.mu.Unlock()
+		return
+	case "destroy":
+		h.mu.Lock()
+		delete(h.stopped, ev.ID)
+		if _, ok := h.view[ev.ID]; ok {
+			delete(h.view, ev.ID)
+			h.publishHealthy(s.Name)
+		}
 		h.mu.Unlock()
 		return
 	case "die":
@@ -261,26 +403,40 @@ func (h *Healer) handle(ctx context.Context, ev docker.Event) {
 	}
 	switch status {
 	case "healthy":
-		h.metrics.SetHealthy(s.Name, true)
-		h.recovered(s, log)
+		h.mu.Lock()
+		h.setView(ev.ID, s, func(c *containerView) { c.running, c.unhealthy, c.finished = true, false, false })
+		h.mu.Unlock()
+		h.recovered(s, healKey(ev.Attributes, ev.Attributes["name"]), log)
 	case "unhealthy":
-		h.metrics.SetHealthy(s.Name, false)
+		h.mu.Lock()
+		h.setView(ev.ID, s, func(c *containerView) { c.running, c.unhealthy, c.finished = true, true, false })
+		h.mu.Unlock()
 		h.inspectAndHeal(ctx, ev.ID)
 	}
 }
 
-// died reports a container that exited on its own.
+// died judges a container that exited: asked for, a crash, a clean exit,
+// or a clean exit that keeps repeating.
 func (h *Healer) died(ctx context.Context, s config.Service, ev docker.Event, log *slog.Logger) {
+	key := healKey(ev.Attributes, ev.Attributes["name"])
+	code, codeErr := strconv.Atoi(ev.Attributes["exitCode"])
+	now := h.now()
 	h.mu.Lock()
 	stoppedAt, asked := h.stopped[ev.ID]
+	asked = asked && now.Sub(stoppedAt) <= intentionalWindow
 	delete(h.stopped, ev.ID)
 	for id, at := range h.stopped {
-		if h.now().Sub(at) > intentionalWindow {
+		if now.Sub(at) > intentionalWindow {
 			delete(h.stopped, id)
 		}
 	}
+	// A clean exit on its own is a finished job, which does not count
+	// towards the service's health; a stopped service does.
+	h.setView(ev.ID, s, func(c *containerView) {
+		c.running, c.unhealthy, c.finished = false, false, codeErr == nil && code == 0 && !asked
+	})
 	h.mu.Unlock()
-	if asked && h.now().Sub(stoppedAt) <= intentionalWindow {
+	if asked {
 		log.Debug("container stopped on purpose", "exit_code", ev.Attributes["exitCode"])
 		return
 	}
@@ -288,13 +444,30 @@ func (h *Healer) died(ctx context.Context, s config.Service, ev docker.Event, lo
 		log.Debug("container died during a deploy; the deploy handles it")
 		return
 	}
-	h.metrics.SetHealthy(s.Name, false)
+	name := ev.Attributes["name"]
+	d, err := h.inspect(ctx, ev.ID)
+	if codeErr != nil && err == nil {
+		code, codeErr = d.State.ExitCode, nil
+	}
+	if codeErr == nil && code == 0 {
+		n := h.cleanExit(s.Name+"/"+key, now)
+		if n < cleanExitRepeats {
+			log.Info("container exited with code 0 on its own", "exits_within_window", n)
+			h.notify.Send(notify.Alert{Service: s.Name, Event: notify.Stopped, Level: notify.Info,
+				Message: fmt.Sprintf("%s: container %s exited with code 0 on its own", s.Name, name),
+				Reason:  fmt.Sprintf("exit code 0, not asked for (no stop signal); %d of %d such exits within %v make it a crash", n, cleanExitRepeats, cleanExitWindow)})
+			return
+		}
+	}
 	h.metrics.Failure(s.Name)
-	code := ev.Attributes["exitCode"]
-	reason := "exit code " + code
-	d, err := h.engine.InspectContainer(ctx, ev.ID)
+	reason := "exit code " + ev.Attributes["exitCode"]
+	if codeErr == nil {
+		reason = fmt.Sprintf("exit code %d", code)
+	}
+	if codeErr == nil && code == 0 {
+		reason += fmt.Sprintf(", the %d. exit with code 0 within %v that nobody asked for", cleanExitRepeats, cleanExitWindow)
+	}
 	if err == nil {
-		reason = fmt.Sprintf("exit code %d", d.State.ExitCode)
 		if d.State.OOMKilled {
 			reason += ", killed: out of memory"
 		}
@@ -305,33 +478,78 @@ func (h *Healer) died(ctx context.Context, s config.Service, ev docker.Event, lo
 			reason += "\nlast healthcheck output: " + out
 		}
 	}
-	name := ev.Attributes["name"]
 	log.Error("container died", "reason", reason)
 	h.notify.Send(notify.Alert{Service: s.Name, Event: notify.Died, Level: notify.Critical,
 		Message: fmt.Sprintf("%s: container %s died (%s)", s.Name, name, firstLine(reason)), Reason: reason})
 }
 
-// inspectAndHeal looks at one container and restarts it if it is unhealthy
-// and the rules allow it.
-func (h *Healer) inspectAndHeal(ctx context.Context, id string) {
-	d, err := h.engine.InspectContainer(ctx, id)
-	if err != nil {
-		if !errors.Is(err, docker.ErrNotFound) && ctx.Err() == nil {
-			h.logger.Debug("inspect container", "container", id, "err", err)
+// cleanExit records an unasked exit with code 0 of a container and returns
+// how many there were within cleanExitWindow; the count starts again once
+// it reaches cleanExitRepeats.
+func (h *Healer) cleanExit(key string, now time.Time) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for k, times := range h.cleanExits {
+		times = slices.DeleteFunc(times, func(t time.Time) bool { return now.Sub(t) > cleanExitWindow })
+		if len(times) == 0 {
+			delete(h.cleanExits, k)
+		} else {
+			h.cleanExits[k] = times
 		}
+	}
+	times := append(h.cleanExits[key], now)
+	if len(times) >= cleanExitRepeats {
+		delete(h.cleanExits, key)
+	} else {
+		h.cleanExits[key] = times
+	}
+	return len(times)
+}
+
+// inspectAndHeal looks at one container, records what it sees for the
+// service's health, and restarts the container if it is unhealthy and the
+// rules allow it.
+func (h *Healer) inspectAndHeal(ctx context.Context, id string) {
+	d, err := h.inspect(ctx, id)
+	if errors.Is(err, docker.ErrNotFound) {
+		h.mu.Lock()
+		if c, ok := h.view[id]; ok {
+			delete(h.view, id)
+			h.publishHealthy(c.service)
+		}
+		h.mu.Unlock()
+		return
+	}
+	if err != nil {
 		return
 	}
 	s, ok := h.service(d.Labels[docker.LabelProject])
-	if !ok || d.State.Health == nil {
+	if !ok || d.Labels[labelOneoff] == "True" {
 		return
 	}
-	if d.State.Health.Status == "unhealthy" && d.State.Running {
+	h.mu.Lock()
+	_, asked := h.stopped[id]
+	h.setView(id, s, func(c *containerView) {
+		st := d.State
+		c.running = st.Running
+		c.unhealthy = st.Running && st.Health != nil && st.Health.Status == "unhealthy"
+		c.finished = !st.Running && !st.Restarting && st.Status == "exited" && st.ExitCode == 0 && !asked
+	})
+	h.mu.Unlock()
+	if d.State.Health == nil || !d.State.Running {
+		return
+	}
+	switch d.State.Health.Status {
+	case "unhealthy":
 		h.heal(ctx, s, d)
+	case "healthy":
+		h.recovered(s, healKey(d.Labels, d.Name), h.logger.With("service", s.Name, "container", d.Name))
 	}
 }
 
 // heal restarts an unhealthy container unless a deploy owns the service,
-// the cooldown is running, or the cap of consecutive restarts was reached.
+// the container's cooldown is running, or the cap of its consecutive
+// restarts was reached.
 func (h *Healer) heal(ctx context.Context, s config.Service, d docker.ContainerDetails) {
 	log := h.logger.With("service", s.Name, "container", d.Name)
 	if !s.AutoHeal {
@@ -357,21 +575,21 @@ func (h *Healer) heal(ctx context.Context, s config.Service, d docker.ContainerD
 		h.mu.Unlock()
 	}
 
-	// Two containers of one service turning unhealthy together must not
-	// both pass the cooldown check.
+	// The cooldown check and the restart's record happen together.
 	h.decide.Lock()
 	defer h.decide.Unlock()
-	st := h.store.Get(s.Name).Heal
+	key := healKey(d.Labels, d.Name)
+	st := h.healState(s.Name, key)
 	now := h.now()
 	why := d.State.Health.LastOutput()
 	switch {
 	case st.GaveUp:
-		log.Debug("container is unhealthy; auto-heal gave up earlier")
+		log.Debug("container is unhealthy; auto-heal gave up on it earlier")
 		done()
 		return
 	case st.Consecutive >= s.HealMaxRestarts:
 		done()
-		h.giveUp(s, d, st, why, log)
+		h.giveUp(s, d, key, st, why, log)
 		return
 	case !st.LastRestart.IsZero() && now.Sub(st.LastRestart) < s.HealCooldown.Duration():
 		left := s.HealCooldown.Duration() - now.Sub(st.LastRestart)
@@ -381,9 +599,9 @@ func (h *Healer) heal(ctx context.Context, s config.Service, d docker.ContainerD
 		return
 	}
 
-	if err := h.store.Update(s.Name, func(st *state.Service) {
-		st.Heal.LastRestart = now
-		st.Heal.Consecutive++
+	if err := h.updateHeal(s.Name, key, func(st *state.Heal) {
+		st.LastRestart = now
+		st.Consecutive++
 	}); err != nil {
 		log.Error("persist heal restart", "err", err)
 	}
@@ -414,19 +632,19 @@ func (h *Healer) heal(ctx context.Context, s config.Service, d docker.ContainerD
 			h.recheckAfter(d.ID, s.HealCooldown.Duration())
 			return
 		}
-		h.verify(ctx, s, d, log)
+		h.verify(ctx, s, d, key, log)
 	}()
 }
 
 // verify checks, heal_verify_delay after a restart, that the container is
 // healthy (not merely starting).
-func (h *Healer) verify(ctx context.Context, s config.Service, d docker.ContainerDetails, log *slog.Logger) {
+func (h *Healer) verify(ctx context.Context, s config.Service, d docker.ContainerDetails, key string, log *slog.Logger) {
 	select {
 	case <-ctx.Done():
 		return
 	case <-time.After(s.HealVerifyDelay.Duration()):
 	}
-	after, err := h.engine.InspectContainer(ctx, d.ID)
+	after, err := h.inspect(ctx, d.ID)
 	if errors.Is(err, docker.ErrNotFound) || h.guard.Deploying(s.Name) || ctx.Err() != nil {
 		// Replaced by a deploy or compose in the meantime: nothing to judge.
 		log.Info("container replaced before the heal could be verified")
@@ -440,13 +658,14 @@ func (h *Healer) verify(ctx context.Context, s config.Service, d docker.Containe
 			status = after.State.Health.Status
 			out = after.State.Health.LastOutput()
 		}
+	} else {
+		out = "inspect failed: " + err.Error()
 	}
 	if status == "healthy" {
 		log.Info("container healthy again after restart")
-		if err := h.store.Update(s.Name, func(st *state.Service) { st.Heal.Consecutive = 0 }); err != nil {
+		if err := h.updateHeal(s.Name, key, func(st *state.Heal) { st.Consecutive = 0 }); err != nil {
 			log.Error("persist heal state", "err", err)
 		}
-		h.metrics.SetHealthy(s.Name, true)
 		h.notify.Send(notify.Alert{Service: s.Name, Event: notify.HealSucceeded, Level: notify.Info,
 			Message: fmt.Sprintf("%s: container %s is healthy again after the restart", s.Name, d.Name)})
 		return
@@ -462,48 +681,131 @@ func (h *Healer) verify(ctx context.Context, s config.Service, d docker.Containe
 	h.recheckAfter(d.ID, s.HealCooldown.Duration()-s.HealVerifyDelay.Duration())
 }
 
-func (h *Healer) giveUp(s config.Service, d docker.ContainerDetails, st state.Heal, why string, log *slog.Logger) {
-	if err := h.store.Update(s.Name, func(st *state.Service) { st.Heal.GaveUp = true }); err != nil {
+func (h *Healer) giveUp(s config.Service, d docker.ContainerDetails, key string, st state.Heal, why string, log *slog.Logger) {
+	if err := h.updateHeal(s.Name, key, func(st *state.Heal) { st.GaveUp = true }); err != nil {
 		log.Error("persist heal state", "err", err)
 	}
-	h.metrics.SetGaveUp(s.Name, true)
 	h.metrics.Failure(s.Name)
-	log.Error("auto-heal gave up: no more restarts until the service is healthy again or a deploy is triggered",
+	log.Error("auto-heal gave up on the container: no more restarts until it is healthy again or a deploy is triggered",
 		"restarts", st.Consecutive)
 	h.notify.Send(notify.Alert{Service: s.Name, Event: notify.HealGaveUp, Level: notify.Critical,
-		Message: fmt.Sprintf("%s: container %s is still unhealthy after %d restarts; auto-heal gave up until it is healthy again or a deploy is triggered", s.Name, d.Name, st.Consecutive),
+		Message: fmt.Sprintf("%s: container %s is still unhealthy after %d restarts; auto-heal gave up on it until it is healthy again or a deploy is triggered", s.Name, d.Name, st.Consecutive),
 		Reason:  "last healthcheck output: " + why})
 }
 
-// recovered clears the heal counters once the service is healthy on its own.
-// A failed heal followed by recovery on its own does not count towards
-// giving up weeks later.
-func (h *Healer) recovered(s config.Service, log *slog.Logger) {
-	st := h.store.Get(s.Name).Heal
+// recovered clears a container's heal counters once it is healthy on its
+// own. A failed heal followed by recovery on its own does not count towards
+// giving up weeks later. Other containers of the service keep theirs.
+func (h *Healer) recovered(s config.Service, key string, log *slog.Logger) {
+	st := h.healState(s.Name, key)
 	if !st.GaveUp && st.Consecutive == 0 {
 		return
 	}
-	if err := ResetHeal(h.store, s.Name); err != nil {
+	if err := h.updateHeal(s.Name, key, func(st *state.Heal) { st.GaveUp, st.Consecutive = false, 0 }); err != nil {
 		log.Error("persist heal state", "err", err)
 		return
 	}
-	h.metrics.SetGaveUp(s.Name, false)
 	if st.GaveUp {
-		log.Info("service healthy again; auto-heal re-armed")
+		log.Info("container healthy again; auto-heal re-armed for it")
 	}
 }
 
-// ResetHeal re-arms auto-heal for a service (it is healthy again, or an
-// operator triggered a deploy).
+// healState is the heal state of one container of a service. A container
+// without one of its own starts from what a state file of an older
+// dockward kept for the whole service.
+func (h *Healer) healState(name, key string) state.Heal {
+	return containerHeal(h.store.Get(name), key)
+}
+
+func containerHeal(st state.Service, key string) state.Heal {
+	if hs, ok := st.Containers[key]; ok {
+		return hs
+	}
+	return st.Heal
+}
+
+// updateHeal changes the heal state of one container of a service, and the
+// service's watcher_heal_gave_up with it.
+func (h *Healer) updateHeal(name, key string, change func(*state.Heal)) error {
+	var after state.Service
+	err := h.store.Update(name, func(st *state.Service) {
+		hs := containerHeal(*st, key)
+		change(&hs)
+		if st.Containers == nil {
+			st.Containers = map[string]state.Heal{}
+		}
+		if hs == (state.Heal{}) {
+			delete(st.Containers, key)
+		} else {
+			st.Containers[key] = hs
+		}
+		after = *st
+	})
+	h.metrics.SetGaveUp(name, gaveUp(after))
+	return err
+}
+
+// migrateHeal moves the service-wide heal state of an older state file to
+// each of the service's containers that has none yet, and clears it.
+func (h *Healer) migrateHeal(name string, keys []string) {
+	if h.store.Get(name).Heal == (state.Heal{}) {
+		return
+	}
+	err := h.store.Update(name, func(st *state.Service) {
+		if st.Containers == nil {
+			st.Containers = map[string]state.Heal{}
+		}
+		for _, k := range keys {
+			if _, ok := st.Containers[k]; !ok {
+				st.Containers[k] = st.Heal
+			}
+		}
+		st.Heal = state.Heal{}
+	})
+	if err != nil {
+		h.logger.Error("persist heal state moved to the containers", "service", name, "err", err)
+		return
+	}
+	h.logger.Info("heal state of the service now kept per container", "service", name, "containers", strings.Join(keys, ","))
+}
+
+// gaveUp reports whether auto-heal gave up on any container of a service.
+func gaveUp(st state.Service) bool {
+	if st.Heal.GaveUp {
+		return true
+	}
+	for _, hs := range st.Containers {
+		if hs.GaveUp {
+			return true
+		}
+	}
+	return false
+}
+
+// HealGaveUp reports whether auto-heal gave up on any container of the
+// service: the updater re-arms it when an operator triggers a deploy.
+func HealGaveUp(store *state.Store, name string) bool { return gaveUp(store.Get(name)) }
+
+// ResetHeal re-arms auto-heal for every container of a service (an
+// operator triggered a deploy). The last restarts are kept for the
+// cooldowns.
 func ResetHeal(store *state.Store, name string) error {
 	return store.Update(name, func(st *state.Service) {
-		st.Heal.GaveUp = false
-		st.Heal.Consecutive = 0
+		st.Heal.GaveUp, st.Heal.Consecutive = false, 0
+		for k, hs := range st.Containers {
+			hs.GaveUp, hs.Consecutive = false, 0
+			if hs == (state.Heal{}) {
+				delete(st.Containers, k)
+			} else {
+				st.Containers[k] = hs
+			}
+		}
 	})
 }
 
 // recheckAfter looks at a container again once d has passed, since the
-// engine reports a health status only when it changes.
+// engine reports a health status only when it changes. A recheck is never
+// dropped: due containers wait in a set until the drain loop takes them.
 func (h *Healer) recheckAfter(id string, d time.Duration) {
 	d = max(d, time.Second)
 	h.mu.Lock()
@@ -514,12 +816,23 @@ func (h *Healer) recheckAfter(id string, d time.Duration) {
 	h.timers[id] = time.AfterFunc(d, func() {
 		h.mu.Lock()
 		delete(h.timers, id)
+		h.pending[id] = true
 		h.mu.Unlock()
 		select {
-		case h.recheck <- id:
-		default:
+		case h.wake <- struct{}{}:
+		default: // a wake-up is already waiting; it takes this one too
 		}
 	})
+}
+
+// healKey names a container's heal state so that it survives the
+// container being recreated (a deploy, compose up): its compose service
+// and number, "web-1". A container without compose labels goes by its name.
+func healKey(labels map[string]string, name string) string {
+	if svc := labels[docker.LabelService]; svc != "" {
+		return svc + "-" + cmp.Or(labels[labelNumber], "1")
+	}
+	return name
 }
 
 // stopSignal reports whether a kill event's signal asks the container to

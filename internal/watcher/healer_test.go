@@ -58,6 +58,9 @@ func (f *healFakeGuard) Deploying(name string) bool { return f.busy(name) }
 // healContainer is one container of a healWorld.
 type healContainer struct {
 	id, name, project string
+	service           string // compose service
+	number            int    // compose container number; 1 when 0
+	oneoff            bool   // made by docker compose run
 	running           bool
 	health            string // starting, healthy or unhealthy
 	output            string // the last probe's output
@@ -81,6 +84,7 @@ type healWorld struct {
 	mu         sync.Mutex
 	start      time.Time
 	containers map[string]*healContainer
+	gone       map[string]*healContainer // removed, for their destroy events
 	busy       map[string]bool
 	restarts   []string // "<name> stop=<timeout> at <time since start>"
 	alerts     []notify.Alert
@@ -95,20 +99,22 @@ type healWorld struct {
 }
 
 // newHealWorld returns a host with the app project (app-web-1 as c1,
-// app-db-1 as c2) and another, unwatched project (other-web-1 as x1), all
-// healthy; a restart leaves a container healthy.
+// app-db-1 as c2, of the compose services web and db) and another,
+// unwatched project (other-web-1 as x1), all healthy; a restart leaves a
+// container healthy.
 func newHealWorld() *healWorld {
 	w := &healWorld{
 		start:      time.Now(),
 		containers: map[string]*healContainer{},
+		gone:       map[string]*healContainer{},
 		busy:       map[string]bool{},
 		inspects:   map[string]int{},
 		stream:     make(chan docker.Event),
 	}
 	for _, c := range []*healContainer{
-		{id: "c1", name: "app-web-1", project: "app"},
-		{id: "c2", name: "app-db-1", project: "app"},
-		{id: "x1", name: "other-web-1", project: "other"},
+		{id: "c1", name: "app-web-1", project: "app", service: "web"},
+		{id: "c2", name: "app-db-1", project: "app", service: "db"},
+		{id: "x1", name: "other-web-1", project: "other", service: "web"},
 	} {
 		c.running, c.health, c.output, c.afterRestart = true, "healthy", "ok", "healthy"
 		w.containers[c.id] = c
@@ -131,6 +137,15 @@ func newHealWorld() *healWorld {
 		w.alerts = append(w.alerts, a)
 	}}
 	return w
+}
+
+// labels are the labels compose puts on the container.
+func (c *healContainer) labels() map[string]string {
+	l := map[string]string{docker.LabelProject: c.project, docker.LabelService: c.service, labelNumber: fmt.Sprint(max(c.number, 1))}
+	if c.oneoff {
+		l[labelOneoff] = "True"
+	}
+	return l
 }
 
 // probeOutput is what a container's last probe printed in health status.
@@ -177,9 +192,13 @@ func (w *healWorld) setBusy(name string, busy bool) {
 func (w *healWorld) event(id, action string, attrs ...string) docker.Event {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	c := w.containers[id]
-	ev := docker.Event{Type: "container", Action: action, ID: id, Time: time.Now(),
-		Attributes: map[string]string{docker.LabelProject: c.project, "name": c.name}}
+	c, ok := w.containers[id]
+	if !ok {
+		c = w.gone[id]
+	}
+	// The engine sends a container's labels as attributes.
+	ev := docker.Event{Type: "container", Action: action, ID: id, Time: time.Now(), Attributes: c.labels()}
+	ev.Attributes["name"] = c.name
 	for i := 0; i+1 < len(attrs); i += 2 {
 		ev.Attributes[attrs[i]] = attrs[i+1]
 	}
@@ -235,8 +254,7 @@ func (w *healWorld) listContainers(ctx context.Context, project string, all bool
 	out := []docker.Container{}
 	for _, c := range w.containers {
 		if c.project == project {
-			out = append(out, docker.Container{ID: c.id, Name: c.name, State: "running",
-				Labels: map[string]string{docker.LabelProject: project}})
+			out = append(out, docker.Container{ID: c.id, Name: c.name, State: "running", Labels: c.labels()})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
@@ -254,8 +272,7 @@ func (w *healWorld) inspectContainer(ctx context.Context, id string) (docker.Con
 	if !ok {
 		return docker.ContainerDetails{}, fmt.Errorf("inspect container %s: %w", id, docker.ErrNotFound)
 	}
-	d := docker.ContainerDetails{ID: c.id, Name: c.name, HasHealthcheck: true,
-		Labels: map[string]string{docker.LabelProject: c.project},
+	d := docker.ContainerDetails{ID: c.id, Name: c.name, HasHealthcheck: true, Labels: c.labels(), Service: c.service,
 		State: docker.ContainerState{Status: "running", Running: c.running, ExitCode: c.exitCode, OOMKilled: c.oomKilled,
 			Health: &docker.Health{Status: c.health}}}
 	if !c.running {
@@ -368,7 +385,8 @@ func startHealer(t *testing.T, w *healWorld, cfg *config.Config, store *state.St
 	return hh
 }
 
-func (hh *healHarness) heal() state.Heal { return hh.store.Get("app").Heal }
+// heal is the stored heal state of app-web-1.
+func (hh *healHarness) heal() state.Heal { return hh.store.Get("app").Containers["web-1"] }
 
 // checkMetrics compares series of the app service.
 func checkMetrics(t *testing.T, m *Metrics, want map[string]string) {
@@ -659,11 +677,13 @@ func TestHealDiedAlerts(t *testing.T) {
 		name      string
 		steps     []step
 		container string // c1 when empty
+		oneoff    bool
 		busy      bool
 		code      int
 		oomKilled bool
 		want      int      // died alerts
-		reason    []string // substrings of the reason
+		stopped   int      // stopped alerts
+		reason    []string // substrings of the died reason
 	}{
 		{name: "crash", steps: []step{die}, code: 3, want: 1,
 			reason: []string{"exit code 3\n", "last healthcheck output: " + unhealthyOutput}},
@@ -680,6 +700,17 @@ func TestHealDiedAlerts(t *testing.T) {
 			reason: []string{"exit code 139"}},
 		{name: "while deploying", steps: []step{die}, busy: true, code: 3},
 		{name: "other project", steps: []step{die}, container: "x1", code: 3},
+		{name: "one-off fails", steps: []step{{action: "start"}, die}, oneoff: true, code: 1},
+		{name: "one-off killed", steps: []step{{action: "kill", signal: "9"}, die}, oneoff: true, code: 137},
+		{name: "exit 0 on its own", steps: []step{die}, code: 0, stopped: 1},
+		{name: "exit 0 twice", steps: []step{die, {action: "start"}, die}, code: 0, stopped: 2},
+		{name: "exit 0 three times within 10 minutes", code: 0, stopped: 2, want: 1,
+			steps:  []step{die, {action: "start"}, {action: "die", wait: 5 * time.Minute}, {action: "start"}, {action: "die", wait: 5 * time.Minute}},
+			reason: []string{"exit code 0, the 3. exit with code 0 within 10m0s"}},
+		{name: "exit 0 three times, spread out", code: 0, stopped: 3,
+			steps: []step{die, {action: "start"}, {action: "die", wait: 6 * time.Minute}, {action: "start"}, {action: "die", wait: 5 * time.Minute}}},
+		{name: "exit 0 six times within 10 minutes", code: 0, stopped: 4, want: 2,
+			steps: []step{die, die, die, die, die, die}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -687,6 +718,9 @@ func TestHealDiedAlerts(t *testing.T) {
 				w := newHealWorld()
 				hh := startHealer(t, w, healConfig(), openStore(t, filepath.Join(t.TempDir(), "state.json")))
 				id := cmp.Or(tt.container, "c1")
+				w.mu.Lock()
+				w.containers[id].oneoff = tt.oneoff
+				w.mu.Unlock()
 				w.setBusy("app", tt.busy)
 				w.setHealth(id, "unhealthy")
 				w.exit(id, tt.code, tt.oomKilled)
@@ -698,12 +732,22 @@ func TestHealDiedAlerts(t *testing.T) {
 					}
 					w.emit(id, s.action, attrs...)
 				}
-				alerts := w.Alerts()
-				if len(alerts) != tt.want {
-					t.Fatalf("alerts = %+v, want %d died", alerts, tt.want)
+				var died, stopped []notify.Alert
+				for _, a := range w.Alerts() {
+					switch a.Event {
+					case notify.Died:
+						died = append(died, a)
+					case notify.Stopped:
+						stopped = append(stopped, a)
+					default:
+						t.Errorf("alert %+v, want only died and stopped", a)
+					}
 				}
-				for _, a := range alerts {
-					if a.Event != notify.Died || a.Level != notify.Critical || a.Service != "app" ||
+				if len(died) != tt.want || len(stopped) != tt.stopped {
+					t.Fatalf("alerts = %+v, want %d died and %d stopped", w.Alerts(), tt.want, tt.stopped)
+				}
+				for _, a := range died {
+					if a.Level != notify.Critical || a.Service != "app" ||
 						a.Message != "app: container app-web-1 died ("+firstLine(a.Reason)+")" ||
 						!strings.Contains(a.Message, fmt.Sprintf("exit code %d", tt.code)) {
 						t.Errorf("alert = %+v, want critical died of app-web-1 with exit code %d", a, tt.code)
@@ -712,6 +756,11 @@ func TestHealDiedAlerts(t *testing.T) {
 						if !strings.Contains(a.Reason, r) {
 							t.Errorf("reason = %q, want it to contain %q", a.Reason, r)
 						}
+					}
+				}
+				for _, a := range stopped {
+					if a.Level != notify.Info || a.Service != "app" || a.Message != "app: container app-web-1 exited with code 0 on its own" {
+						t.Errorf("alert = %+v, want info stopped of app-web-1", a)
 					}
 				}
 				if tt.container != "" && w.inspected(tt.container) != 0 {

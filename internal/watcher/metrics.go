@@ -193,9 +193,9 @@ func (m *Metrics) WriteTo(w io.Writer, now time.Time) error {
 	counter("watcher_rollbacks_total", "Rollbacks after failed updates.", func(s *serviceMetrics) uint64 { return s.rollbacks })
 	counter("watcher_restarts_total", "Auto-heal restarts.", func(s *serviceMetrics) uint64 { return s.restarts })
 	counter("watcher_failures_total", "Critical failures (rollback failed, heal failed, crash).", func(s *serviceMetrics) uint64 { return s.failures })
-	gauge("watcher_service_healthy", "1 if every container of the service is running and healthy, 0 if not.", func(s *serviceMetrics) *bool { return s.healthy })
+	gauge("watcher_service_healthy", "1 if the service has containers and every one runs and none is unhealthy (one-off containers and finished jobs aside), 0 if not.", func(s *serviceMetrics) *bool { return s.healthy })
 	gauge("watcher_service_blocked", "1 if a digest is blocked after a rollback, 0 if not.", func(s *serviceMetrics) *bool { return s.blocked })
-	gauge("watcher_heal_gave_up", "1 if auto-heal gave up restarting the service, 0 if not.", func(s *serviceMetrics) *bool { return s.gaveUp })
+	gauge("watcher_heal_gave_up", "1 if auto-heal gave up restarting a container of the service, 0 if not.", func(s *serviceMetrics) *bool { return s.gaveUp })
 
 	header(bw, "watcher_registry_errors_total", "counter", "Failed registry polls by kind of error.")
 	for _, n := range names {
