@@ -267,7 +267,11 @@ type SMTP struct {
 	MinLevel string `json:"min_level,omitempty"`
 }
 
-// Webhook is a custom HTTP receiver whose body is a Go text/template.
+// Webhook is a custom HTTP receiver whose body is a Go text/template. A
+// body that looks like JSON (its first non-space character is { or [), or
+// whose Content-Type header names JSON, must render valid JSON; any other
+// body is plain text, sent as text/plain; charset=utf-8 unless the headers
+// name a Content-Type. The notify package checks the template at load.
 type Webhook struct {
 	Name     string            `json:"name"`
 	URL      string            `json:"url"`

@@ -102,9 +102,6 @@ func newWebhook(c config.Webhook, field string, o options) (*webhook, error) {
 		}
 		w.header.Set(k, v)
 	}
-	if w.header.Get("Content-Type") == "" && w.method != http.MethodGet {
-		w.header.Set("Content-Type", "application/json")
-	}
 	if c.Body != "" {
 		t, err := template.New("body").Funcs(template.FuncMap{"json": jsonLiteral}).Parse(c.Body)
 		if err != nil {
@@ -119,11 +116,36 @@ func newWebhook(c config.Webhook, field string, o options) (*webhook, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s.body: %w", field, err)
 	}
-	if mt, _, _ := mime.ParseMediaType(w.header.Get("Content-Type")); mt == "application/json" && !json.Valid(sample) {
+	// The body is JSON when it looks like JSON or the configured
+	// Content-Type says so, and then it must be valid JSON. Any other body
+	// is plain text. The type is decided once, from the sample alert.
+	configured := w.header.Get("Content-Type")
+	looksJSON := looksLikeJSON(sample)
+	if configured == "" {
+		w.header.Set("Content-Type", "text/plain; charset=utf-8")
+		if looksJSON {
+			w.header.Set("Content-Type", "application/json")
+		}
+	}
+	if (looksJSON || isJSONType(configured)) && !json.Valid(sample) {
 		return nil, fmt.Errorf("%s.body: does not render valid JSON for a sample alert whose reason holds quotes and line breaks "+
 			"(quote values with the json func: {\"text\": {{json .Reason}}}): %s", field, oneLine(string(sample), 200))
 	}
 	return w, nil
+}
+
+// looksLikeJSON reports whether a body is meant as JSON: its first
+// non-space character opens an object or an array.
+func looksLikeJSON(b []byte) bool {
+	b = bytes.TrimLeft(b, " \t\r\n")
+	return len(b) > 0 && (b[0] == '{' || b[0] == '[')
+}
+
+// isJSONType reports whether a Content-Type value names JSON:
+// application/json, or a +json type such as application/problem+json.
+func isJSONType(contentType string) bool {
+	mt, _, err := mime.ParseMediaType(contentType)
+	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
 }
 
 func (w *webhook) send(ctx context.Context, a Alert) error {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -175,5 +176,82 @@ func TestWebhookHTTPSAndGet(t *testing.T) {
 	r := got[0]
 	if r.Method != "GET" || r.URL.RawQuery != "source=dockward" || r.ContentLength != 0 || r.Header.Get("Content-Type") != "" {
 		t.Errorf("request = %s %s, length %d, Content-Type %q; want a bare GET", r.Method, r.URL, r.ContentLength, r.Header.Get("Content-Type"))
+	}
+}
+
+// A body is JSON when it looks like JSON or the configured Content-Type
+// says so; any other body is plain text. What is sent carries that type
+// unless the config names one.
+func TestWebhookBodyContentType(t *testing.T) {
+	tests := []struct {
+		name    string
+		headers map[string]string
+		body    string
+		wantCT  string
+		want    string // the body sent
+	}{
+		{name: "plain text, ntfy style", body: `{{.Service}}: {{.Message}}`,
+			wantCT: "text/plain; charset=utf-8", want: "myapp: rolled back myapp"},
+		{name: "plain text with a JSON-quoted value", body: `{{.Level}} {{json .Message}}`,
+			wantCT: "text/plain; charset=utf-8", want: `critical "rolled back myapp"`},
+		{name: "JSON object", body: `{"m": {{json .Message}}}`,
+			wantCT: "application/json", want: `{"m": "rolled back myapp"}`},
+		{name: "JSON array after spaces", body: "\n  [{{json .Service}}, {{json .Level}}]",
+			wantCT: "application/json", want: "\n  [\"myapp\", \"critical\"]"},
+		{name: "default body", wantCT: "application/json"},
+		{name: "configured type kept for plain text", headers: map[string]string{"Content-Type": "text/markdown"},
+			body: `**{{.Service}}** {{.Message}}`, wantCT: "text/markdown", want: "**myapp** rolled back myapp"},
+		{name: "configured +json type", headers: map[string]string{"content-type": "application/vnd.ops+json"},
+			body: `{"m": {{json .Message}}}`, wantCT: "application/vnd.ops+json", want: `{"m": "rolled back myapp"}`},
+		{name: "configured text type, JSON body", headers: map[string]string{"Content-Type": "text/plain"},
+			body: `{"m": {{json .Message}}}`, wantCT: "text/plain", want: `{"m": "rolled back myapp"}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			rcv := notifytest.StartWebhook(t)
+			hook := config.Webhook{Name: "ops", URL: rcv.URL(), Headers: tt.headers, Body: tt.body}
+			d, _ := newDispatcher(t, config.Notifications{Webhooks: []config.Webhook{hook}})
+			d.Send(notify.Alert{Service: "myapp", Event: notify.Rollback, Level: notify.Critical, Message: "rolled back myapp"})
+			flush(t, d)
+			reqs := rcv.Requests()
+			if len(reqs) != 1 {
+				t.Fatalf("%d requests, want 1", len(reqs))
+			}
+			if got := reqs[0].Header.Get("Content-Type"); got != tt.wantCT {
+				t.Errorf("Content-Type = %q, want %q", got, tt.wantCT)
+			}
+			if tt.want != "" && string(reqs[0].Body) != tt.want {
+				t.Errorf("body = %q, want %q", reqs[0].Body, tt.want)
+			}
+		})
+	}
+}
+
+// A body that looks like JSON, or that the configured Content-Type calls
+// JSON, must render valid JSON; the others are refused at start.
+func TestWebhookBodyRefused(t *testing.T) {
+	tests := []struct {
+		name    string
+		headers map[string]string
+		body    string
+	}{
+		{name: "looks like JSON, value not quoted", body: `{"text": "{{.Reason}}"}`},
+		{name: "looks like JSON after spaces, not closed", body: ` [{{json .Reason}}`},
+		{name: "header says JSON, plain body", headers: map[string]string{"Content-Type": "application/json; charset=utf-8"},
+			body: `{{.Service}}: {{.Message}}`},
+		{name: "header says +json, plain body", headers: map[string]string{"Content-Type": "application/problem+json"},
+			body: `{{.Message}}`},
+		{name: "header says text, body looks like broken JSON", headers: map[string]string{"Content-Type": "text/plain"},
+			body: `{"text": "{{.Reason}}"}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := config.Notifications{Webhooks: []config.Webhook{{Name: "ops", URL: "http://127.0.0.1:1/", Headers: tt.headers, Body: tt.body}}}
+			_, err := notify.New(cfg, nil)
+			if want := "notifications.webhooks[0].body: does not render valid JSON"; err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("New() error = %v, want one containing %q", err, want)
+			}
+		})
 	}
 }
