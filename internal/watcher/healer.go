@@ -381,8 +381,16 @@ func (h *Healer) handle(ctx context.Context, ev docker.Event) {
 		// A die after a fresh start is a crash unless a new kill comes first.
 		h.mu.Lock()
 		delete(h.stopped, ev.ID)
-		h.setView(ev.ID, s, func(c *containerView) { c.running, c.unhealthy, c.finished = true, false, false })
+		h.setView(ev.ID, s, func(c *containerView) {
+			c.running, c.finished = true, false
+			if c.health != "" {
+				c.health = "starting" // a restart runs the healthcheck anew
+			}
+		})
 		h.mu.Unlock()
+		// Whether it has a healthcheck, and what it says, only an
+		// inspection tells.
+		h.inspectAndHeal(ctx, ev.ID)
 		return
 	case "destroy":
 		h.mu.Lock()
@@ -404,12 +412,12 @@ func (h *Healer) handle(ctx context.Context, ev docker.Event) {
 	switch status {
 	case "healthy":
 		h.mu.Lock()
-		h.setView(ev.ID, s, func(c *containerView) { c.running, c.unhealthy, c.finished = true, false, false })
+		h.setView(ev.ID, s, func(c *containerView) { c.running, c.health, c.finished = true, status, false })
 		h.mu.Unlock()
 		h.recovered(s, healKey(ev.Attributes, ev.Attributes["name"]), log)
 	case "unhealthy":
 		h.mu.Lock()
-		h.setView(ev.ID, s, func(c *containerView) { c.running, c.unhealthy, c.finished = true, true, false })
+		h.setView(ev.ID, s, func(c *containerView) { c.running, c.health, c.finished = true, status, false })
 		h.mu.Unlock()
 		h.inspectAndHeal(ctx, ev.ID)
 	}
@@ -433,7 +441,7 @@ func (h *Healer) died(ctx context.Context, s config.Service, ev docker.Event, lo
 	// A clean exit on its own is a finished job, which does not count
 	// towards the service's health; a stopped service does.
 	h.setView(ev.ID, s, func(c *containerView) {
-		c.running, c.unhealthy, c.finished = false, false, codeErr == nil && code == 0 && !asked
+		c.running, c.finished = false, codeErr == nil && code == 0 && !asked
 	})
 	h.mu.Unlock()
 	if asked {
@@ -531,8 +539,10 @@ func (h *Healer) inspectAndHeal(ctx context.Context, id string) {
 	_, asked := h.stopped[id]
 	h.setView(id, s, func(c *containerView) {
 		st := d.State
-		c.running = st.Running
-		c.unhealthy = st.Running && st.Health != nil && st.Health.Status == "unhealthy"
+		c.running, c.health = st.Running, ""
+		if d.HasHealthcheck && st.Health != nil {
+			c.health = st.Health.Status
+		}
 		c.finished = !st.Running && !st.Restarting && st.Status == "exited" && st.ExitCode == 0 && !asked
 	})
 	h.mu.Unlock()

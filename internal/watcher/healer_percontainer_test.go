@@ -92,9 +92,9 @@ func TestHealPerContainer(t *testing.T) {
 				w.emit("c1", "die", "exitCode", "0")
 				w.remove("c1")
 				w.emit("c1", "destroy")
-				w.add(&healContainer{id: "c9", name: "app-web-1", project: "app", service: "web"})
+				w.add(&healContainer{id: "c9", name: "app-web-1", project: "app", service: "web",
+					running: true, health: "unhealthy", output: unhealthyOutput, afterRestart: "unhealthy"})
 				w.emit("c9", "start")
-				w.setHealth("c9", "unhealthy")
 				w.emit("c9", "health_status: unhealthy")
 				time.Sleep(time.Hour)
 			},
@@ -109,7 +109,7 @@ func TestHealPerContainer(t *testing.T) {
 			steps:   func(w *healWorld) {},
 			heal:    map[string]state.Heal{"web-1": {LastRestart: gaveUp.LastRestart}, "db-1": {Consecutive: 1}},
 			gaveUp:  "0",
-			healthy: "1", // starting is not unhealthy
+			healthy: "0", // db is starting
 		},
 		{
 			name: "a state file of an older dockward is moved to the containers",
@@ -182,12 +182,18 @@ func TestServiceHealthy(t *testing.T) {
 		want bool
 	}{
 		{name: "no containers", view: healthView{}, want: false},
-		{name: "one running", view: healthView{"c1": web(containerView{running: true})}, want: true},
-		{name: "one unhealthy", view: healthView{"c1": web(containerView{running: true, unhealthy: true})}, want: false},
+		{name: "one running, no healthcheck", view: healthView{"c1": web(containerView{running: true})}, want: true},
+		{name: "one healthy", view: healthView{"c1": web(containerView{running: true, health: "healthy"})}, want: true},
+		{name: "one unhealthy", view: healthView{"c1": web(containerView{running: true, health: "unhealthy"})}, want: false},
+		{name: "one starting", view: healthView{"c1": web(containerView{running: true, health: "starting"})}, want: false},
 		{name: "one healthy, one unhealthy", view: healthView{
-			"c1": web(containerView{running: true}),
-			"c2": web(containerView{running: true, unhealthy: true}),
+			"c1": web(containerView{running: true, health: "healthy"}),
+			"c2": web(containerView{running: true, health: "unhealthy"}),
 		}, want: false},
+		{name: "one healthy, one without healthcheck", view: healthView{
+			"c1": web(containerView{running: true, health: "healthy"}),
+			"c2": web(containerView{running: true}),
+		}, want: true},
 		{name: "one stopped", view: healthView{
 			"c1": web(containerView{running: true}),
 			"c2": web(containerView{}),
@@ -199,7 +205,7 @@ func TestServiceHealthy(t *testing.T) {
 		{name: "only a finished job", view: healthView{"c2": web(containerView{finished: true})}, want: false},
 		{name: "another service's unhealthy container", view: healthView{
 			"c1": web(containerView{running: true}),
-			"x1": {service: "other", running: true, unhealthy: true},
+			"x1": {service: "other", running: true, health: "unhealthy"},
 		}, want: true},
 	}
 	for _, tt := range tests {

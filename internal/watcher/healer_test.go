@@ -865,8 +865,8 @@ func TestHealEventStreamReconnects(t *testing.T) {
 				t.Errorf("Events call %d after %d lists, want %d", i+1, c.lists, i+1)
 			}
 		}
-		if got := w.inspected("c2"); got != 14 {
-			t.Errorf("app-db-1 inspected %d times, want 14 (once per reconcile)", got)
+		if got := w.inspected("c2"); got != 15 {
+			t.Errorf("app-db-1 inspected %d times, want 15 (once per reconcile, once for its start event)", got)
 		}
 
 		ws := waits(connects)

@@ -12,26 +12,28 @@ type containerView struct {
 	service string // the config service it belongs to
 	project string
 	running bool
-	// unhealthy: its healthcheck fails. A container that is starting, or
-	// has no healthcheck, is not unhealthy.
-	unhealthy bool
+	// health is the healthcheck's status: starting, healthy or unhealthy;
+	// "" without a healthcheck.
+	health string
 	// finished: it exited with code 0 without being asked to stop, as a
 	// job (a migration) does when it is done. It no longer counts.
 	finished bool
 }
 
 // serviceHealthy decides whether a service is healthy: it has at least one
-// container that counts, all of them run, and none is unhealthy. One-off
-// containers (docker compose run) never enter the view; finished jobs do
-// not count. A container stopped on purpose (docker stop) counts: the
-// service is not healthy while it is down.
+// container that counts, all of them run, and each one with a healthcheck
+// reports healthy (unhealthy is not, and neither is starting: a container
+// being healed or deployed has not proven itself yet). One-off containers
+// (docker compose run) never enter the view; finished jobs do not count. A
+// container stopped on purpose (docker stop) counts: the service is not
+// healthy while it is down.
 func serviceHealthy(v healthView, service string) bool {
 	counted := 0
 	for _, c := range v {
 		if c.service != service || c.finished {
 			continue
 		}
-		if !c.running || c.unhealthy {
+		if !c.running || (c.health != "" && c.health != "healthy") {
 			return false
 		}
 		counted++
