@@ -210,9 +210,14 @@ func (h *Healer) Run(ctx context.Context) error {
 			h.reconcile(ctx)
 		}
 		// The engine replays from since's whole second on: skip what was
-		// handled before this reconnect.
-		seen := since
-		err := h.engine.Events(ctx, filters, since, func(ev docker.Event) {
+		// handled before this reconnect. The first connect replays what
+		// happened while the first reconcile ran, so a container that dies
+		// during it is not missed.
+		from, seen := since, since
+		if since.IsZero() {
+			from, seen = start, start.Add(-time.Nanosecond)
+		}
+		err := h.engine.Events(ctx, filters, from, func(ev docker.Event) {
 			if !seen.IsZero() && !ev.Time.After(seen) {
 				return
 			}

@@ -387,3 +387,58 @@ func TestHealEngineFailuresLoggedOnce(t *testing.T) {
 		}
 	})
 }
+
+// A container that dies while the first reconcile runs, before the event
+// stream is followed, is reported: the first connect replays from the
+// reconcile's start, and nothing from before it.
+func TestHealCrashDuringFirstReconcile(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := newHealWorld()
+		var mu sync.Mutex
+		var history []docker.Event
+		slow := true
+		list := w.engine.listContainers
+		w.engine.listContainers = func(ctx context.Context, project string, all bool) ([]docker.Container, error) {
+			mu.Lock()
+			first := slow && project == "app"
+			slow = slow && !first
+			mu.Unlock()
+			if first {
+				// Slow engine: app-web-1 crashes while it is listed.
+				time.Sleep(time.Second)
+				w.exit("c1", 3, false)
+				mu.Lock()
+				history = append(history, w.event("c1", "die", "exitCode", "3"))
+				mu.Unlock()
+			}
+			return list(ctx, project, all)
+		}
+		// A die in the same second, just before dockward started: the
+		// engine replays it, and it is not dockward's to report.
+		history = append(history, w.event("c2", "die", "exitCode", "3"))
+		time.Sleep(time.Nanosecond)
+		w.engine.events = func(ctx context.Context, filters map[string][]string, since time.Time, fn func(docker.Event)) error {
+			w.connected(filters, since)
+			defer w.disconnected()
+			mu.Lock()
+			replay := slices.Clone(history)
+			mu.Unlock()
+			for _, ev := range replay {
+				// Without since, nothing is replayed; with it, from its
+				// whole second on.
+				if !since.IsZero() && !ev.Time.Before(time.Unix(since.Unix(), 0)) {
+					fn(ev)
+				}
+			}
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		startHealer(t, w, healConfig(), openStore(t, filepath.Join(t.TempDir(), "state.json")))
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		alerts := w.Alerts()
+		if len(alerts) != 1 || alerts[0].Event != notify.Died || alerts[0].Message != "app: container app-web-1 died (exit code 3)" {
+			t.Errorf("alerts = %+v, want one died of app-web-1 (and none of app-db-1's die before the start)", alerts)
+		}
+	})
+}

@@ -854,7 +854,7 @@ func TestHealEventStreamReconnects(t *testing.T) {
 		for i, c := range connects {
 			want := lastEvent
 			if i == 0 {
-				want = time.Time{}
+				want = w.start // the first reconcile's start
 			}
 			if !c.since.Equal(want) {
 				t.Errorf("Events call %d: since = %v, want %v (the last event received)", i+1, c.since, want)
