@@ -797,6 +797,21 @@ func gaveUp(st state.Service) bool {
 	return false
 }
 
+// healSummary sums up the heal state of a service's containers for the
+// status page: the most consecutive restarts of one container, the latest
+// restart, and whether auto-heal gave up on any.
+func healSummary(st state.Service) state.Heal {
+	sum := st.Heal
+	for _, hs := range st.Containers {
+		sum.Consecutive = max(sum.Consecutive, hs.Consecutive)
+		if hs.LastRestart.After(sum.LastRestart) {
+			sum.LastRestart = hs.LastRestart
+		}
+		sum.GaveUp = sum.GaveUp || hs.GaveUp
+	}
+	return sum
+}
+
 // HealGaveUp reports whether auto-heal gave up on any container of the
 // service: the updater re-arms it when an operator triggers a deploy.
 func HealGaveUp(store *state.Store, name string) bool { return gaveUp(store.Get(name)) }

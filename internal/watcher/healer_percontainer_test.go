@@ -442,3 +442,26 @@ func TestHealCrashDuringFirstReconcile(t *testing.T) {
 		}
 	})
 }
+
+func TestHealSummary(t *testing.T) {
+	t1, t2 := bubbleStart, bubbleStart.Add(time.Minute)
+	tests := []struct {
+		name string
+		st   state.Service
+		want state.Heal
+	}{
+		{name: "nothing", want: state.Heal{}},
+		{name: "older file", st: state.Service{Heal: state.Heal{LastRestart: t1, Consecutive: 2}}, want: state.Heal{LastRestart: t1, Consecutive: 2}},
+		{name: "containers", st: state.Service{Containers: map[string]state.Heal{
+			"web-1": {LastRestart: t1, Consecutive: 3, GaveUp: true},
+			"db-1":  {LastRestart: t2, Consecutive: 1},
+		}}, want: state.Heal{LastRestart: t2, Consecutive: 3, GaveUp: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := healSummary(tt.st); got != tt.want {
+				t.Errorf("healSummary(%+v) = %+v, want %+v", tt.st, got, tt.want)
+			}
+		})
+	}
+}

@@ -181,6 +181,7 @@ func (a *API) buildStatus(now time.Time) Status {
 	refs := a.services.ImageRefs()
 	for _, c := range a.services.ServiceConfigs() {
 		stored := a.state.Get(c.Name)
+		heal := healSummary(stored) // heal state is per container
 		seen := a.seen.Observed(c.Name)
 		s := ServiceStatus{
 			Name:       c.Name,
@@ -190,16 +191,16 @@ func (a *API) buildStatus(now time.Time) Status {
 			Deploying:  a.services.Deploying(c.Name),
 			Healthy:    seen.Healthy,
 			Heal: HealStatus{
-				Restarts:    stored.Heal.Consecutive,
-				LastRestart: utcOrNil(stored.Heal.LastRestart),
-				GaveUp:      stored.Heal.GaveUp,
+				Restarts:    heal.Consecutive,
+				LastRestart: utcOrNil(heal.LastRestart),
+				GaveUp:      heal.GaveUp,
 			},
 		}
 		s.Image = refs[c.Name]
 		if c.AutoUpdate {
 			s.NextPoll = nextPoll
 		}
-		if until := stored.Heal.LastRestart.Add(c.HealCooldown.Duration()); !stored.Heal.LastRestart.IsZero() && until.After(now) {
+		if until := heal.LastRestart.Add(c.HealCooldown.Duration()); !heal.LastRestart.IsZero() && until.After(now) {
 			s.Heal.CooldownUntil = utcOrNil(until)
 		}
 		if b := stored.Blocked; b != nil {
