@@ -86,9 +86,17 @@ type BlockStatus struct {
 	Reason string    `json:"reason"`
 }
 
-// HealStatus is the auto-heal state of the service.
+// HealStatus is the auto-heal state of the service: the most restarts of
+// one of its containers, the latest restart and cooldown, whether auto-heal
+// gave up on any of them, and each container's own state.
 type HealStatus struct {
-	Restarts      int        `json:"restarts"` // restarts since the service was last healthy
+	ContainerHeal
+	Containers map[string]ContainerHeal `json:"containers"` // by compose service and number, "web-1"
+}
+
+// ContainerHeal is the auto-heal state of one container.
+type ContainerHeal struct {
+	Restarts      int        `json:"restarts"` // restarts since it was last healthy
 	LastRestart   *time.Time `json:"last_restart"`
 	CooldownUntil *time.Time `json:"cooldown_until"` // null when no cooldown runs
 	GaveUp        bool       `json:"gave_up"`
@@ -181,7 +189,6 @@ func (a *API) buildStatus(now time.Time) Status {
 	refs := a.services.ImageRefs()
 	for _, c := range a.services.ServiceConfigs() {
 		stored := a.state.Get(c.Name)
-		heal := healSummary(stored) // heal state is per container
 		seen := a.seen.Observed(c.Name)
 		s := ServiceStatus{
 			Name:       c.Name,
@@ -190,18 +197,11 @@ func (a *API) buildStatus(now time.Time) Status {
 			AutoHeal:   c.AutoHeal,
 			Deploying:  a.services.Deploying(c.Name),
 			Healthy:    seen.Healthy,
-			Heal: HealStatus{
-				Restarts:    heal.Consecutive,
-				LastRestart: utcOrNil(heal.LastRestart),
-				GaveUp:      heal.GaveUp,
-			},
+			Heal:       healOf(stored, c.HealCooldown.Duration(), now),
 		}
 		s.Image = refs[c.Name]
 		if c.AutoUpdate {
 			s.NextPoll = nextPoll
-		}
-		if until := heal.LastRestart.Add(c.HealCooldown.Duration()); !heal.LastRestart.IsZero() && until.After(now) {
-			s.Heal.CooldownUntil = utcOrNil(until)
 		}
 		if b := stored.Blocked; b != nil {
 			s.Blocked = &BlockStatus{Digest: b.Digest, Since: b.Since.UTC(), Reason: b.Reason}
@@ -221,6 +221,24 @@ func (a *API) buildStatus(now time.Time) Status {
 		st.Services = append(st.Services, s)
 	}
 	return st
+}
+
+// healOf reads a service's heal state, which is kept per container: the
+// sum (healSummary, which also reads the service-wide state of older
+// files) and each container's own.
+func healOf(st state.Service, cooldown time.Duration, now time.Time) HealStatus {
+	one := func(h state.Heal) ContainerHeal {
+		c := ContainerHeal{Restarts: h.Consecutive, LastRestart: utcOrNil(h.LastRestart), GaveUp: h.GaveUp}
+		if until := h.LastRestart.Add(cooldown); !h.LastRestart.IsZero() && until.After(now) {
+			c.CooldownUntil = utcOrNil(until)
+		}
+		return c
+	}
+	out := HealStatus{ContainerHeal: one(healSummary(st)), Containers: map[string]ContainerHeal{}}
+	for k, h := range st.Containers {
+		out.Containers[k] = one(h)
+	}
+	return out
 }
 
 // running is the digest the service runs, as last seen: by a check or

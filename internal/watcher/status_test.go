@@ -5,6 +5,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -45,8 +46,10 @@ func statusWorld(t *testing.T) *harness {
 	h.metrics.SetHealthy("other", true)
 	time.Sleep(time.Minute)
 	if err := h.store.Update("manual", func(s *state.Service) {
-		s.Heal.LastRestart = time.Now().Add(-time.Minute)
-		s.Heal.Consecutive = 1
+		s.Containers = map[string]state.Heal{
+			"web-1": {LastRestart: time.Now().Add(-time.Minute), Consecutive: 1},
+			"web-2": {LastRestart: time.Now().Add(-time.Hour), Consecutive: 0},
+		}
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -126,6 +129,38 @@ func TestStatusAfterRestart(t *testing.T) {
 	})
 }
 
+func TestHealOf(t *testing.T) {
+	now := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) *time.Time { t := now.Add(d); return &t }
+	tests := []struct {
+		name string
+		st   state.Service
+		want HealStatus
+	}{
+		{"nothing", state.Service{}, HealStatus{Containers: map[string]ContainerHeal{}}},
+		{"two containers", state.Service{Containers: map[string]state.Heal{
+			"web-1": {LastRestart: now.Add(-time.Minute), Consecutive: 2},
+			"web-2": {LastRestart: now.Add(-time.Hour), Consecutive: 3, GaveUp: true},
+		}}, HealStatus{
+			ContainerHeal: ContainerHeal{Restarts: 3, LastRestart: at(-time.Minute), CooldownUntil: at(4 * time.Minute), GaveUp: true},
+			Containers: map[string]ContainerHeal{
+				"web-1": {Restarts: 2, LastRestart: at(-time.Minute), CooldownUntil: at(4 * time.Minute)},
+				"web-2": {Restarts: 3, LastRestart: at(-time.Hour), GaveUp: true},
+			},
+		}},
+		{"service-wide state of an older file", state.Service{Heal: state.Heal{LastRestart: now.Add(-2 * time.Minute), Consecutive: 1}},
+			HealStatus{ContainerHeal: ContainerHeal{Restarts: 1, LastRestart: at(-2 * time.Minute), CooldownUntil: at(3 * time.Minute)}, Containers: map[string]ContainerHeal{}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := healOf(tt.st, 5*time.Minute, now)
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("healOf(%+v) =\n%+v\nwant\n%+v", tt.st, got, tt.want)
+			}
+		})
+	}
+}
+
 func TestSummarize(t *testing.T) {
 	yes, no := true, false
 	blocked := &BlockStatus{Digest: digestC}
@@ -141,7 +176,7 @@ func TestSummarize(t *testing.T) {
 		{"blocked and unhealthy", ServiceStatus{Healthy: &no, Blocked: blocked}, "unhealthy"},
 		{"rollback failed", ServiceStatus{Healthy: &no, Blocked: blocked, LastDeploy: &DeployStatus{Digest: digestC, Outcome: "rollback_failed"}}, "rollback_failed"},
 		{"rollback failed, then a newer block", ServiceStatus{Healthy: &yes, Blocked: &BlockStatus{Digest: digestB}, LastDeploy: &DeployStatus{Digest: digestC, Outcome: "rollback_failed"}}, "blocked"},
-		{"gave up", ServiceStatus{Healthy: &no, Heal: HealStatus{GaveUp: true}, Blocked: blocked}, "gave_up"},
+		{"gave up", ServiceStatus{Healthy: &no, Heal: HealStatus{ContainerHeal: ContainerHeal{GaveUp: true}}, Blocked: blocked}, "gave_up"},
 		{"deploying", ServiceStatus{Healthy: &no, Deploying: true, Blocked: blocked}, "deploying"},
 		{"check failed", ServiceStatus{Healthy: &yes, LastCheck: &CheckStatus{Outcome: CheckFailed}}, "error"},
 	}
