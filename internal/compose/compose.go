@@ -139,6 +139,7 @@ func New(ctx context.Context, command []string, logger *slog.Logger, timeout tim
 			return nil, fmt.Errorf("compose command %q: %w", strings.Join(command, " "), err)
 		}
 		r.command, r.v2, r.version = slices.Clone(command), v2, version
+		r.logFound()
 		return r, nil
 	}
 	var errs []string
@@ -153,13 +154,14 @@ func New(ctx context.Context, command []string, logger *slog.Logger, timeout tim
 			continue
 		}
 		r.command, r.v2, r.version = cand, v2, version
+		r.logFound()
 		return r, nil
 	}
 	return nil, fmt.Errorf("no docker compose found: install the docker compose v2 plugin or docker-compose v1 (%s)", strings.Join(errs, "; "))
 }
 
-// probe runs "<command> version" and parses the version it prints, such as
-// "Docker Compose version v2.20.2" or "docker-compose version 1.29.2, build 5becea4c".
+// probe runs "<command> version" and tells compose v2 from v1 by what it
+// prints (see classify).
 func (r *Runner) probe(ctx context.Context, command []string) (v2 bool, version string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
@@ -173,11 +175,53 @@ func (r *Runner) probe(ctx context.Context, command []string) (v2 bool, version 
 	if err := cmd.Run(); err != nil {
 		return false, "", fmt.Errorf("version: %w%s", err, errorTail(out.Bytes()))
 	}
-	version, major, ok := parseVersion(out.String())
-	if !ok {
-		return false, "", fmt.Errorf("version: no version number in %q", truncate(out.String(), 200))
+	return classify(command, out.String())
+}
+
+// classify reads the output of a successful "<command> version".
+//
+// A docker CLI plugin ("docker compose") is v2, whatever version it prints:
+// v1 was never a plugin, and builds from source print "dev". A standalone
+// binary is judged by its version number (1.x is v1), or by the v2 banner
+// "Docker Compose version ..." when it prints no number.
+func classify(command []string, out string) (v2 bool, version string, err error) {
+	version, major, ok := parseVersion(out)
+	if isPlugin(command) {
+		if !ok {
+			version = printedVersion(out)
+		}
+		return true, version, nil
 	}
-	return major >= 2, version, nil
+	if ok {
+		return major >= 2, version, nil
+	}
+	line, _, _ := strings.Cut(strings.TrimSpace(out), "\n")
+	if v, found := strings.CutPrefix(strings.TrimSpace(line), "Docker Compose version "); found && strings.TrimSpace(v) != "" {
+		return true, printedVersion(out), nil
+	}
+	return false, "", fmt.Errorf("version: no version number in %q", truncate(out, 200))
+}
+
+// isPlugin reports whether command runs compose as a docker CLI plugin, such
+// as ["docker", "compose"] or ["/usr/bin/docker", "--context", "x", "compose"].
+func isPlugin(command []string) bool {
+	return len(command) > 1 && filepath.Base(command[0]) == "docker" && slices.Contains(command[1:], "compose")
+}
+
+// printedVersion is the version as compose printed it, for the log: the word
+// after "version" on the first line ("dev"), else that whole line.
+func printedVersion(out string) string {
+	line, _, _ := strings.Cut(strings.TrimSpace(out), "\n")
+	fields := strings.Fields(line)
+	for i := 0; i+1 < len(fields); i++ {
+		if strings.EqualFold(fields[i], "version") {
+			return strings.TrimRight(fields[i+1], ",")
+		}
+	}
+	if line = strings.TrimSpace(line); line != "" {
+		return truncate(line, 80)
+	}
+	return "unknown"
 }
 
 // parseVersion finds the version number in the first line of compose's
@@ -205,6 +249,15 @@ func parseVersion(out string) (version string, major int, ok bool) {
 		return v, major, true
 	}
 	return "", 0, false
+}
+
+// logFound logs which compose New settled on and the version it printed.
+func (r *Runner) logFound() {
+	major := "v1"
+	if r.v2 {
+		major = "v2"
+	}
+	r.logger.Info("docker compose found", "command", strings.Join(r.command, " "), "version", r.version, "kind", major)
 }
 
 // Version describes the compose in use, such as "docker compose v2.20.2" or

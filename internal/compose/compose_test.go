@@ -144,6 +144,14 @@ func TestNewDetects(t *testing.T) {
 			wantVersion: func(*fakes) string { return "docker compose v2.20.2" },
 		},
 		{
+			name: "plugin built from source (version dev) preferred over v1",
+			setup: func(f *fakes) {
+				f.script("docker", "compose version", "Docker Compose version dev", 0, "exit 0")
+				f.composeV1("exit 0")
+			},
+			wantVersion: func(*fakes) string { return "docker compose dev" },
+		},
+		{
 			name:        "v1 when docker has no compose plugin",
 			setup:       func(f *fakes) { f.dockerWithoutCompose(); f.composeV1("exit 0") },
 			wantVersion: func(*fakes) string { return "docker-compose 1.29.2" },
@@ -537,6 +545,71 @@ func TestParseVersion(t *testing.T) {
 		if v != tt.version || major != tt.major || ok != tt.wantFound {
 			t.Errorf("parseVersion(%q) = %q, %d, %v, want %q, %d, %v", tt.out, v, major, ok, tt.version, tt.major, tt.wantFound)
 		}
+	}
+}
+
+// TestPluginDevIsV2 runs a docker compose plugin that prints "dev" beside a
+// docker-compose v1: the plugin is chosen, spoken to as v2 (--pull never),
+// and the version it printed is logged.
+func TestPluginDevIsV2(t *testing.T) {
+	f := newFakes(t)
+	f.script("docker", "compose version", "Docker Compose version dev", 0, "exit 0")
+	f.composeV1("exit 0")
+	var logs bytes.Buffer
+	r, err := New(t.Context(), nil, slog.New(slog.NewTextHandler(&logs, nil)), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := composeFile(t)
+	if err := r.Up(t.Context(), file, "myapp", UpOptions{NoPull: true}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"compose", "-f", file, "-p", "myapp", "up", "-d", "--remove-orphans", "--pull", "never"}
+	if got := f.last(); !slices.Equal(got.args, want) {
+		t.Errorf("argv = %q, want %q", got.args, want)
+	}
+	if !strings.Contains(logs.String(), `msg="docker compose found" command="docker compose" version=dev kind=v2`) {
+		t.Errorf("log = %q, want the plugin and its printed version", logs.String())
+	}
+}
+
+func TestClassify(t *testing.T) {
+	plugin := []string{"docker", "compose"}
+	standalone := []string{"docker-compose"}
+	tests := []struct {
+		name        string
+		command     []string
+		out         string
+		wantV2      bool
+		wantVersion string
+		wantErr     bool
+	}{
+		{"plugin release", plugin, "Docker Compose version v2.40.3\n", true, "v2.40.3", false},
+		{"plugin source build", plugin, "Docker Compose version dev\n", true, "dev", false},
+		{"plugin without v prefix", plugin, "Docker Compose version 2.x", true, "2.x", false},
+		{"plugin by full path with a context flag", []string{"/usr/bin/docker", "--context", "default", "compose"}, "Docker Compose version dev", true, "dev", false},
+		{"plugin printing a v1 string", plugin, v1Version, true, "1.29.2", false},
+		{"plugin printing garbage", plugin, "%%% what", true, "%%% what", false},
+		{"plugin printing nothing", plugin, "", true, "unknown", false},
+		{"standalone v1", standalone, v1Version, false, "1.29.2", false},
+		{"standalone v1 old", standalone, "docker-compose version 1.25.0, build unknown", false, "1.25.0", false},
+		{"standalone v2 release", standalone, "Docker Compose version v2.40.3", true, "v2.40.3", false},
+		{"standalone v2 source build", standalone, "Docker Compose version dev", true, "dev", false},
+		{"standalone 2.x", standalone, "Docker Compose version 2.x", true, "2.x", false},
+		{"standalone garbage", standalone, "hello", false, "", true},
+		{"standalone empty", standalone, "", false, "", true},
+		{"standalone v1 banner without number", standalone, "docker-compose version dev", false, "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v2, version, err := classify(tt.command, tt.out)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("classify(%q, %q) error = %v, want error %v", tt.command, tt.out, err, tt.wantErr)
+			}
+			if v2 != tt.wantV2 || version != tt.wantVersion {
+				t.Errorf("classify(%q, %q) = %v, %q, want %v, %q", tt.command, tt.out, v2, version, tt.wantV2, tt.wantVersion)
+			}
+		})
 	}
 }
 
