@@ -3,7 +3,18 @@
 //
 // The file is small and rewritten whole on every change: write a temp file,
 // fsync it, rename it over the old one, fsync the directory. A crash leaves
-// either the old or the new file, never a torn one.
+// either the old or the new file, never a torn one. Each save first keeps the
+// previous good generation beside the file (state.json.prev, written the same
+// way), so a file damaged anyway (a disk or filesystem that lies about
+// fsync, an operator's editor) is not the end of what Dockward knew.
+//
+// Open never refuses to start over a damaged file: it falls back to the
+// previous generation, and when neither can be read it returns a paused
+// store. A paused store knows nothing, so it must not deploy (a blocked
+// digest would be deployed again); it writes nothing either, so the damaged
+// files stay for the operator and a restart is paused again until the
+// operator fixes the file (and Reload is called) or runs Reset. Damaged
+// files are copied aside under a timestamped name that is never overwritten.
 //
 // What Dockward knows is never dropped because the disk refused it: a change
 // is applied in memory first and kept there even when the file cannot be
@@ -12,6 +23,7 @@
 package state
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +31,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 )
@@ -101,34 +114,317 @@ type DeployResult struct {
 // fails the two differ until a later write succeeds, and Dirty reports it.
 type Store struct {
 	path string
+	now  func() time.Time
 
 	mu    sync.Mutex
 	data  File
 	dirty bool // data holds changes the file does not have yet
+	// lastGood is the file content last read or written successfully: the
+	// generation the next save keeps as the previous one. nil when there
+	// is none (a first start, or a paused store).
+	lastGood []byte
+	// paused says why the state could not be loaded; empty when it was.
+	paused   string
+	recovery Recovery
 }
 
-// Open loads the state file at path. A missing file is an empty state; a file
-// that cannot be parsed is an error, because starting without it would forget
-// blocked digests and redeploy them.
+// Recovery says what Open (or Reload) had to do to get a state it can use.
+// The zero value means the file was read as it is (or did not exist yet).
+type Recovery struct {
+	// Damaged is why the state file could not be used; nil if it could.
+	Damaged error
+	// FromPrevious is set when the state was loaded from the previous
+	// generation instead: changes of the last save may be missing.
+	FromPrevious bool
+	// PrevDamaged is why the previous generation could not be used either,
+	// when it was needed. Damaged and PrevDamaged together pause the store.
+	PrevDamaged error
+	// SetAside lists copies of damaged files kept for the operator.
+	SetAside []string
+	// SetAsideErr is why a damaged file could not be copied aside.
+	SetAsideErr error
+	// TempRemoved lists leftover temp files of an interrupted write.
+	TempRemoved []string
+}
+
+// Paused reports whether neither the file nor its previous generation could be read.
+func (r Recovery) Paused() bool { return r.Damaged != nil && !r.FromPrevious }
+
+// PrevPath is where the previous generation of the state file at path is kept.
+func PrevPath(path string) string { return path + ".prev" }
+
+// Open loads the state file at path. A missing file (and no previous
+// generation) is an empty state. A file that cannot be read or parsed is
+// never taken as empty, because that would forget blocked digests and
+// deploy them again: Open falls back to the previous generation, and when
+// that cannot be read either it returns a paused store (see Paused). What it
+// had to do is in Recovery. Leftover temp files of an interrupted write are
+// removed first.
+//
+// The error is for a path that cannot hold a state file at all.
 func Open(path string) (*Store, error) {
-	s := &Store{path: path, data: File{Version: formatVersion, Services: map[string]*Service{}}}
+	if path == "" {
+		return nil, errors.New("open state file: no path")
+	}
+	s := &Store{path: path, now: time.Now}
+	s.load()
+	return s, nil
+}
+
+// load reads the file (or its previous generation) into s; s.mu is held or
+// s is not shared yet.
+func (s *Store) load() {
+	rec := Recovery{TempRemoved: removeTemps(s.path)}
+	data, raw, err := read(s.path)
+	switch {
+	case err == nil:
+		s.use(data, raw, rec)
+		return
+	case errors.Is(err, fs.ErrNotExist):
+		// No file: a first start, unless a previous generation says the
+		// file was there (an earlier start set a damaged file aside).
+		pdata, praw, perr := read(PrevPath(s.path))
+		if errors.Is(perr, fs.ErrNotExist) {
+			s.use(File{Version: formatVersion, Services: map[string]*Service{}}, nil, rec)
+			return
+		}
+		rec.Damaged = fmt.Errorf("state file %s is missing but its previous generation exists", s.path)
+		if perr == nil {
+			rec.FromPrevious = true
+			s.use(pdata, praw, rec)
+			return
+		}
+		rec.PrevDamaged = perr
+		s.pause(rec)
+		return
+	}
+	rec.Damaged = err
+	pdata, praw, perr := read(PrevPath(s.path))
+	if perr == nil {
+		// The damaged file would be overwritten by the next save: move it
+		// aside for the operator. The previous generation is the state.
+		rec.FromPrevious = true
+		s.setAside(&rec, s.path, true)
+		s.use(pdata, praw, rec)
+		return
+	}
+	if errors.Is(perr, fs.ErrNotExist) {
+		perr = fmt.Errorf("no previous generation %s", PrevPath(s.path))
+	}
+	rec.PrevDamaged = perr
+	s.pause(rec)
+}
+
+func (s *Store) use(data File, raw []byte, rec Recovery) {
+	s.data, s.lastGood, s.recovery, s.paused, s.dirty = data, raw, rec, "", false
+}
+
+// pause leaves the damaged files where they are (a restart must find them
+// and pause again) and keeps copies of them aside.
+func (s *Store) pause(rec Recovery) {
+	s.setAside(&rec, s.path, false)
+	s.setAside(&rec, PrevPath(s.path), false)
+	reason := fmt.Sprintf("deploys paused: the state file cannot be read (%v) nor its previous generation (%v), so blocked digests are unknown", rec.Damaged, rec.PrevDamaged)
+	if len(rec.SetAside) > 0 {
+		reason += "; damaged copies kept as " + strings.Join(rec.SetAside, ", ")
+	}
+	s.data = File{Version: formatVersion, Services: map[string]*Service{}}
+	s.lastGood, s.recovery, s.paused, s.dirty = nil, rec, reason, false
+}
+
+// read reads and parses one generation. A missing file is fs.ErrNotExist;
+// any other failure says which file and why.
+func read(path string) (File, []byte, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return s, nil
+		return File{}, nil, err
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read state file: %w", err)
+		return File{}, nil, err // names the path
 	}
-	if err := json.Unmarshal(b, &s.data); err != nil {
-		return nil, fmt.Errorf("parse state file %s (fix or remove it; it holds blocked digests): %w", path, err)
+	data, err := parse(b)
+	if err != nil {
+		return File{}, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	if s.data.Version != formatVersion {
-		return nil, fmt.Errorf("state file %s has format version %d, this dockward reads %d", path, s.data.Version, formatVersion)
+	return data, b, nil
+}
+
+func parse(b []byte) (File, error) {
+	var data File
+	if len(bytes.TrimSpace(b)) == 0 {
+		return File{}, fmt.Errorf("empty (%d bytes)", len(b))
 	}
-	if s.data.Services == nil {
-		s.data.Services = map[string]*Service{}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(&data); err != nil {
+		return File{}, fmt.Errorf("parse: %w", err)
 	}
-	return s, nil
+	if dec.More() {
+		return File{}, errors.New("parse: data after the JSON document")
+	}
+	if data.Version != formatVersion {
+		return File{}, fmt.Errorf("format version %d, this dockward reads %d", data.Version, formatVersion)
+	}
+	if data.Services == nil {
+		data.Services = map[string]*Service{}
+	}
+	return data, nil
+}
+
+// setAside keeps a copy of a damaged file under a timestamped name that
+// nothing overwrites, once per distinct content; move removes the original.
+func (s *Store) setAside(rec *Recovery, path string, move bool) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if err != nil {
+		// Unreadable: it cannot be copied. Renaming keeps it, if needed.
+		if move {
+			err = renameAside(path, s.now())
+		}
+		if err != nil {
+			rec.SetAsideErr = errors.Join(rec.SetAsideErr, fmt.Errorf("keep damaged %s aside: %w", path, err))
+		}
+		return
+	}
+	kept, err := keepCopy(path, b, s.now())
+	if err != nil {
+		rec.SetAsideErr = errors.Join(rec.SetAsideErr, fmt.Errorf("keep damaged %s aside: %w", path, err))
+		return
+	}
+	rec.SetAside = append(rec.SetAside, kept)
+	if move {
+		if err := os.Remove(path); err != nil {
+			rec.SetAsideErr = errors.Join(rec.SetAsideErr, fmt.Errorf("remove damaged %s (a copy is %s): %w", path, kept, err))
+		}
+	}
+}
+
+// damagedPrefix is how copies of a damaged file at path are named:
+// state.json.damaged-20260102T150405Z.
+func damagedPrefix(path string) string { return path + ".damaged-" }
+
+// keepCopy writes b to a new damaged-copy name beside path, or returns an
+// existing copy with the same content.
+func keepCopy(path string, b []byte, now time.Time) (string, error) {
+	prefix := damagedPrefix(path)
+	if existing, _ := filepath.Glob(globEscape(prefix) + "*"); len(existing) > 0 {
+		for _, e := range existing {
+			if c, err := os.ReadFile(e); err == nil && bytes.Equal(c, b) {
+				return e, nil
+			}
+		}
+	}
+	stamp := now.UTC().Format("20060102T150405Z")
+	for i := 0; ; i++ {
+		name := prefix + stamp
+		if i > 0 {
+			name += fmt.Sprintf("-%d", i)
+		}
+		f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, fs.ErrExist) && i < 100 {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		_, err = f.Write(b)
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = syncDir(filepath.Dir(name))
+		}
+		if err != nil {
+			os.Remove(name)
+			return "", err
+		}
+		return name, nil
+	}
+}
+
+// renameAside renames path to a damaged-copy name, never over an existing file.
+func renameAside(path string, now time.Time) error {
+	stamp := now.UTC().Format("20060102T150405Z")
+	for i := range 100 {
+		name := damagedPrefix(path) + stamp
+		if i > 0 {
+			name += fmt.Sprintf("-%d", i)
+		}
+		if _, err := os.Lstat(name); err == nil {
+			continue
+		}
+		return os.Rename(path, name)
+	}
+	return errors.New("no free name")
+}
+
+func globEscape(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `*`, `\*`, `?`, `\?`, `[`, `\[`).Replace(s)
+}
+
+// tempPattern names the temp files of writes to path (os.CreateTemp pattern).
+func tempPattern(path string) string { return "." + filepath.Base(path) + ".*.tmp" }
+
+// removeTemps removes temp files that an interrupted write left beside the
+// state file: ".state.json.123.tmp", ".state.json.prev.123.tmp", and
+// ".state-123.tmp" of older versions.
+func removeTemps(path string) []string {
+	dir, base := filepath.Dir(path), filepath.Base(path)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var removed []string
+	for _, e := range entries {
+		n := e.Name()
+		ours := strings.HasPrefix(n, "."+base+".") || strings.HasPrefix(n, ".state-")
+		if !ours || !strings.HasSuffix(n, ".tmp") || !e.Type().IsRegular() {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, n)); err == nil {
+			removed = append(removed, filepath.Join(dir, n))
+		}
+	}
+	return removed
+}
+
+// Recovery reports what the last Open or Reload had to do.
+func (s *Store) Recovery() Recovery {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.recovery
+}
+
+// Paused reports whether the store is paused, and why: neither the state
+// file nor its previous generation could be read, so what was blocked is
+// unknown and nothing may be deployed. A paused store keeps changes in
+// memory and writes nothing, so that the damaged files stay as they are.
+func (s *Store) Paused() (reason string, paused bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.paused, s.paused != ""
+}
+
+// Reload reads the state again if the store is paused, for an operator who
+// fixed the file (or its previous generation). It reports whether the store
+// was paused and is no longer; the error says why it still is. On a store
+// that is not paused it does nothing: memory is the truth then, and reading
+// the file could only lose changes.
+func (s *Store) Reload() (resumed bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.paused == "" {
+		return false, nil
+	}
+	s.load()
+	if s.paused != "" {
+		return false, errors.New(s.paused)
+	}
+	return true, nil
 }
 
 // Path is where the state is stored.
@@ -205,17 +501,33 @@ func (s *Store) Dirty() bool {
 	return s.dirty
 }
 
-// save writes the whole in-memory state to the file and tracks whether the
-// file is behind: dirty after a failure, clean after a success. s.mu is held.
+// save writes the whole in-memory state to the file, after keeping the
+// generation it replaces as the previous one, and tracks whether the file is
+// behind: dirty after a failure, clean after a success. A paused store does
+// not write: the damaged files stay for the operator. s.mu is held.
 func (s *Store) save() error {
-	b, err := json.MarshalIndent(s.data, "", "  ")
-	if err == nil {
-		err = writeAtomic(s.path, append(b, '\n'))
-	} else {
-		err = fmt.Errorf("encode state: %w", err)
+	if s.paused != "" {
+		s.dirty = true
+		return nil
 	}
-	s.dirty = err != nil
-	return err
+	b, err := json.MarshalIndent(s.data, "", "  ")
+	if err != nil {
+		s.dirty = true
+		return fmt.Errorf("encode state: %w", err)
+	}
+	b = append(b, '\n')
+	if s.lastGood != nil && !bytes.Equal(s.lastGood, b) {
+		if err := writeAtomic(PrevPath(s.path), s.lastGood); err != nil {
+			s.dirty = true
+			return fmt.Errorf("keep the previous generation: %w", err)
+		}
+	}
+	if err := writeAtomic(s.path, b); err != nil {
+		s.dirty = true
+		return err
+	}
+	s.lastGood, s.dirty = b, false
+	return nil
 }
 
 func writeAtomic(path string, b []byte) error {
@@ -223,7 +535,7 @@ func writeAtomic(path string, b []byte) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create state directory: %w", err)
 	}
-	f, err := os.CreateTemp(dir, ".state-*.tmp")
+	f, err := os.CreateTemp(dir, tempPattern(path))
 	if err != nil {
 		return fmt.Errorf("write state file: %w", err)
 	}
@@ -248,15 +560,19 @@ func writeAtomic(path string, b []byte) error {
 		return fmt.Errorf("replace state file: %w", err)
 	}
 	// The rename is durable only once the directory entry is synced.
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync state directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
+	if err := syncDir(dir); err != nil {
 		return fmt.Errorf("sync state directory: %w", err)
 	}
 	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 func (s *Service) clone() Service {
@@ -283,4 +599,42 @@ func (s *Service) clone() Service {
 
 func (s Service) isZero() bool {
 	return s.Blocked == nil && s.Deploy == nil && s.LastDeploy == nil && s.Heal == Heal{} && len(s.Containers) == 0
+}
+
+// Reset makes the paused state at path usable again, for an operator who
+// accepts that what the damaged files held is gone (blocked digests in
+// them are not blocked any more: read the copies kept aside). It holds the
+// state file's lock meanwhile, so it refuses while a dockward runs against
+// the file (ErrLocked).
+//
+// A state that Open can read, from the file or its previous generation, is
+// left as it is: Reset never drops a readable block. It reports whether it
+// reset anything, and what reading the state found.
+func Reset(path string) (reset bool, rec Recovery, err error) {
+	lock, err := Acquire(path)
+	if err != nil {
+		return false, Recovery{}, err
+	}
+	defer lock.Release()
+	s, err := Open(path)
+	if err != nil {
+		return false, Recovery{}, err
+	}
+	rec = s.Recovery()
+	if _, paused := s.Paused(); !paused {
+		return false, rec, nil
+	}
+	if rec.SetAsideErr != nil {
+		return false, rec, fmt.Errorf("reset state: the damaged files could not be kept aside, so they are left in place: %w", rec.SetAsideErr)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.paused = ""
+	if err := s.save(); err != nil {
+		return false, rec, fmt.Errorf("reset state: write an empty state file: %w", err)
+	}
+	if err := os.Remove(PrevPath(path)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return false, rec, fmt.Errorf("reset state: remove the damaged previous generation (a copy is kept): %w", err)
+	}
+	return true, rec, nil
 }
