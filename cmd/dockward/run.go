@@ -47,12 +47,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if len(args) > 0 && args[0] == "reload" {
 		return runReload(args[1:], getenv, stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "state" {
+		return runState(args[1:], getenv, stdout, stderr)
+	}
 	fs := flag.NewFlagSet("dockward", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", config.DefaultPath, "path of the JSON config file")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: dockward [-config PATH]      run the daemon\n       dockward check [-config PATH] [-online] validate a config and exit\n       dockward reload [-config PATH] [-pid PID]\n                                     validate a config, then ask the daemon to reload it\n       dockward status [-config PATH | -addr HOST:PORT] [-json]\n                                     show the running daemon's status\n       dockward -version\n\n")
+		fmt.Fprintf(stderr, "usage: dockward [-config PATH]      run the daemon\n       dockward check [-config PATH] [-online] validate a config and exit\n       dockward reload [-config PATH] [-pid PID]\n                                     validate a config, then ask the daemon to reload it\n       dockward status [-config PATH | -addr HOST:PORT] [-json]\n                                     show the running daemon's status\n       dockward state reset [-config PATH]\n                                     start over from an empty state when the state file is damaged\n       dockward -version\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -308,10 +311,17 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
+	// One dockward per state file: a second one would overwrite blocks.
+	lock, err := state.Acquire(cfg.StatePath(getenv))
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
 	store, err := state.Open(cfg.StatePath(getenv))
 	if err != nil {
 		return err
 	}
+	stateAlerts := logRecovery(logger, store)
 	engine := docker.New(cfg.Docker.Socket, logger)
 	// The client logs the engine it negotiated with; an engine that is not
 	// up yet is retried on every call.
@@ -362,6 +372,7 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 	}
 	metrics := watcher.NewMetrics(version, started)
 	metrics.SetNotifyFailures(dispatcher.Failures)
+	metrics.SetDeploysPaused(func() bool { _, paused := store.Paused(); return paused })
 	updater, err := watcher.NewUpdater(cfg, watcher.UpdaterDeps{
 		Logger: logger, Engine: engine, Registry: reg, Compose: runner,
 		Notify: dispatcher, Store: store, Metrics: metrics,
@@ -388,14 +399,11 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 	if err != nil {
 		return fmt.Errorf("api listen: %w", err)
 	}
-	srv := &http.Server{
-		Handler: watcher.NewAPI(watcher.APIDeps{
-			Updater: updater, Metrics: metrics, Store: store, Engine: engine, Logger: logger,
-			Version: version, Compose: runner.Version(), Started: started, Token: apiToken,
-			EventsToken: eventsToken,
-		}),
-		ReadHeaderTimeout: 10 * time.Second,
-	}
+	srv := newAPIServer(watcher.NewAPI(watcher.APIDeps{
+		Updater: updater, Metrics: metrics, Store: store, Engine: engine, Logger: logger,
+		Version: version, Compose: runner.Version(), Started: started, Token: apiToken,
+		EventsToken: eventsToken,
+	}), apiTimeouts)
 	for _, w := range stopWarnings(cfg) {
 		logger.Warn(w)
 	}
@@ -417,6 +425,9 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 		dispatcher.Run(notifyCtx)
 	}()
 	dispatcher.Send(notify.Alert{Event: notify.Started, Level: notify.Info, Message: "dockward " + version + " started"})
+	for _, a := range stateAlerts {
+		dispatcher.Send(a)
+	}
 
 	// Deploys that the previous run left half done claim their services
 	// before the API serves, so that an early trigger finds them busy
@@ -445,7 +456,7 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 		}
 	}
 	notifyErr(sd.Ready(ctx))
-	notifyErr(sd.Status(ctx, fmt.Sprintf("watching %d services", len(cfg.Services))))
+	notifyErr(sd.Status(ctx, status(cfg, store)))
 
 	var watchdog <-chan time.Time
 	if interval, ok := sdnotify.WatchdogInterval(getenv); ok {
@@ -471,6 +482,7 @@ loop:
 			notifyErr(sd.Watchdog(ctx))
 		case <-hup:
 			notifyErr(sd.Reloading(ctx))
+			reloadState(store, updater, dispatcher, logger)
 			next, err := reload(cfg, configPath, getenv, updater, healer, liveRegistry{reg, pullConfig}, logger)
 			if err != nil {
 				logger.Error("config reload failed; keeping the running config", "config", configPath, "err", err)
@@ -483,7 +495,7 @@ loop:
 					Message: fmt.Sprintf("config reloaded: %d services", len(cfg.Services))})
 			}
 			notifyErr(sd.Ready(ctx))
-			notifyErr(sd.Status(ctx, fmt.Sprintf("watching %d services", len(cfg.Services))))
+			notifyErr(sd.Status(ctx, status(cfg, store)))
 		}
 	}
 	cancel()
@@ -573,4 +585,155 @@ func reload(running *config.Config, path string, getenv func(string) string, u *
 	}
 	logger.Info("config reloaded", "config", path, "services", len(next.Services))
 	return next, nil
+}
+
+// status is the unit's status line: systemctl status shows it.
+func status(cfg *config.Config, store *state.Store) string {
+	if _, paused := store.Paused(); paused {
+		return fmt.Sprintf("DEPLOYS PAUSED (state file unreadable; see journal); healing %d services", len(cfg.Services))
+	}
+	return fmt.Sprintf("watching %d services", len(cfg.Services))
+}
+
+// logRecovery logs what opening the state file had to do and returns the
+// alerts to send once the notifier runs.
+func logRecovery(logger *slog.Logger, store *state.Store) []notify.Alert {
+	rec := store.Recovery()
+	log := logger.With("state", store.Path())
+	if len(rec.TempRemoved) > 0 {
+		log.Info("removed temp files of an interrupted state write", "files", rec.TempRemoved)
+	}
+	if rec.SetAsideErr != nil {
+		log.Error("could not keep a damaged state file aside", "err", rec.SetAsideErr)
+	}
+	switch {
+	case rec.Damaged == nil:
+		return nil
+	case rec.FromPrevious:
+		log.Warn("state file damaged; using its previous generation (changes of the last save may be missing)",
+			"err", rec.Damaged, "previous", state.PrevPath(store.Path()), "kept_aside", rec.SetAside)
+		return []notify.Alert{{Event: notify.StateRecovered, Level: notify.Warning,
+			Message: "state file damaged; dockward uses its previous generation, the last change may be missing",
+			Reason:  rec.Damaged.Error()}}
+	}
+	reason, _ := store.Paused()
+	log.Error("DEPLOYS PAUSED: neither the state file nor its previous generation can be read; healing, the API and metrics run. "+
+		"Fix the file and reload (systemctl reload dockward), or stop dockward and run `dockward state reset -config PATH`",
+		"err", rec.Damaged, "previous_err", rec.PrevDamaged, "kept_aside", rec.SetAside)
+	return []notify.Alert{{Event: notify.StateUnreadable, Level: notify.Critical,
+		Message: "deploys paused: the state file cannot be read, so blocked digests are unknown; healing still runs. " +
+			"Fix the file and reload dockward, or stop it and run `dockward state reset`",
+		Reason: reason}}
+}
+
+// reloadState reads a paused state again (SIGHUP after the operator fixed
+// the file). A state that is not paused is not re-read: memory is the truth.
+func reloadState(store *state.Store, updater *watcher.Updater, dispatcher *notify.Dispatcher, logger *slog.Logger) {
+	if _, paused := store.Paused(); !paused {
+		return
+	}
+	resumed, err := store.Reload()
+	if err != nil {
+		logger.Error("state file still unreadable; deploys stay paused", "state", store.Path(), "err", err)
+		return
+	}
+	if !resumed {
+		return
+	}
+	logRecovery(logger, store)
+	updater.StateReloaded()
+	logger.Info("state file read; deploys resume", "state", store.Path(), "services", len(store.All()))
+	dispatcher.Send(notify.Alert{Event: notify.DeploysResumed, Level: notify.Info,
+		Message: "state file read again; deploys resume"})
+}
+
+// apiTimeouts bound how long one client can hold the API server. A
+// POST /trigger?wait=true lifts the write deadline while it waits for the
+// deploy (see watcher.API) and sets a new one for its answer.
+var apiTimeouts = serverTimeouts{
+	readHeader: 10 * time.Second,
+	read:       30 * time.Second,
+	write:      30 * time.Second,
+	idle:       2 * time.Minute,
+}
+
+type serverTimeouts struct{ readHeader, read, write, idle time.Duration }
+
+// newAPIServer returns the API's HTTP server with its timeouts.
+func newAPIServer(h http.Handler, t serverTimeouts) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: t.readHeader,
+		ReadTimeout:       t.read,
+		WriteTimeout:      t.write,
+		IdleTimeout:       t.idle,
+	}
+}
+
+// runState is `dockward state reset -config PATH`: it replaces a state file
+// that neither dockward nor its previous generation can read with an empty
+// one. It refuses while a dockward runs against the same state file, and it
+// leaves a readable state as it is.
+func runState(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	usage := func() {
+		fmt.Fprintf(stderr, "usage: dockward state reset [-config PATH]\n\n"+
+			"Replaces a state file that cannot be read (nor its previous generation) with an empty state,\n"+
+			"so that deploys resume. The damaged files are kept aside; blocked digests they held are no\n"+
+			"longer blocked. Refused while dockward runs: stop it first. A readable state is left as it is.\n\n")
+	}
+	if len(args) == 0 || args[0] != "reset" {
+		usage()
+		if len(args) == 0 {
+			return errUsage
+		}
+		return fmt.Errorf("unknown state command %q", args[0])
+	}
+	fs := flag.NewFlagSet("dockward state reset", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", config.DefaultPath, "path of the JSON config file")
+	fs.Usage = func() { usage(); fs.PrintDefaults() }
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	cfg, err := config.Load(*configPath)
+	if err != nil {
+		return err
+	}
+	path := cfg.StatePath(getenv)
+	reset, rec, err := state.Reset(path)
+	if errors.Is(err, state.ErrLocked) {
+		return fmt.Errorf("%w; stop it first (systemctl stop dockward), or fix the file and `systemctl reload dockward`", err)
+	}
+	if err != nil {
+		return err
+	}
+	if len(rec.TempRemoved) > 0 {
+		fmt.Fprintf(stdout, "removed temp files of an interrupted write: %s\n", strings.Join(rec.TempRemoved, ", "))
+	}
+	if !reset {
+		if rec.FromPrevious {
+			fmt.Fprintf(stdout, "%s: damaged (%v), but its previous generation %s is readable and dockward uses it; nothing to reset", path, rec.Damaged, state.PrevPath(path))
+			if len(rec.SetAside) > 0 {
+				fmt.Fprintf(stdout, " (damaged file kept as %s)", strings.Join(rec.SetAside, ", "))
+			}
+			fmt.Fprintln(stdout)
+			return nil
+		}
+		fmt.Fprintf(stdout, "%s: readable; nothing to reset\n", path)
+		return nil
+	}
+	fmt.Fprintf(stdout, "%s: reset to an empty state; deploys resume when dockward starts (systemctl start dockward)\n", path)
+	fmt.Fprintf(stdout, "unreadable: %v\nprevious generation: %v\n", rec.Damaged, rec.PrevDamaged)
+	if len(rec.SetAside) > 0 {
+		fmt.Fprintf(stdout, "damaged files kept as: %s\n", strings.Join(rec.SetAside, ", "))
+	}
+	fmt.Fprintln(stdout, "digests blocked in the damaged files are no longer blocked: a poll may deploy one again (it is verified, and rolled back and blocked again if it fails)")
+	return nil
 }

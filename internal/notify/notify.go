@@ -81,6 +81,12 @@ const (
 	Stopping           Event = "stopping"
 	ConfigReloaded     Event = "config_reloaded"
 	ConfigReloadFailed Event = "config_reload_failed"
+	// The state file was damaged: StateRecovered when its previous
+	// generation was used, StateUnreadable when neither could be read and
+	// deploys are paused, DeploysResumed when a fixed file was read.
+	StateRecovered  Event = "state_recovered"
+	StateUnreadable Event = "state_unreadable"
+	DeploysResumed  Event = "deploys_resumed"
 )
 
 // Alert is one thing to tell people about.

@@ -121,6 +121,11 @@ func (a *API) health(w http.ResponseWriter, r *http.Request) {
 	if lp := a.metrics.LastPoll(); !lp.IsZero() {
 		body["last_poll"] = lp.UTC().Format(time.RFC3339)
 	}
+	if reason, paused := a.updater.DeploysPaused(); paused {
+		body["status"], body["reason"] = "deploys_paused", reason
+		writeJSON(w, http.StatusServiceUnavailable, body)
+		return
+	}
 	writeJSON(w, http.StatusOK, body)
 }
 
@@ -161,8 +166,10 @@ func (a *API) triggerOne(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusAccepted, map[string]string{"service": name, "status": "triggered"})
 		return
 	}
+	answer := waitLonger(w)
 	select {
 	case res := <-results:
+		answer()
 		writeJSON(w, http.StatusOK, res)
 	case <-r.Context().Done():
 	}
@@ -185,7 +192,7 @@ func (a *API) triggerAll(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case errors.Is(err, ErrBusy):
 			body["busy"] = append(body["busy"], name)
-		case errors.Is(err, ErrStopping):
+		case errors.Is(err, ErrStopping), errors.Is(err, ErrPaused):
 			writeError(w, http.StatusServiceUnavailable, err.Error())
 			return
 		case err != nil:
@@ -200,6 +207,7 @@ func (a *API) triggerAll(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusAccepted, body)
 		return
 	}
+	answer := waitLonger(w)
 	out := struct {
 		Results []Result `json:"results"`
 		Busy    []string `json:"busy"`
@@ -212,7 +220,24 @@ func (a *API) triggerAll(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	answer()
 	writeJSON(w, http.StatusOK, out)
+}
+
+// answerTimeout bounds writing the answer of a ?wait=true trigger.
+const answerTimeout = 30 * time.Second
+
+// waitLonger lifts the server's read and write deadlines while a ?wait=true
+// trigger waits for its deploy, which takes as long as the grace periods and
+// compose allow. The client going away still ends the wait (the request's
+// context). The returned func sets a write deadline for the answer, so a
+// client that does not read it cannot hold the connection.
+func waitLonger(w http.ResponseWriter) (answer func()) {
+	rc := http.NewResponseController(w)
+	// Errors mean a writer without deadlines (a test recorder): nothing to lift.
+	rc.SetReadDeadline(time.Time{})
+	rc.SetWriteDeadline(time.Time{})
+	return func() { rc.SetWriteDeadline(time.Now().Add(answerTimeout)) }
 }
 
 func writeTriggerError(w http.ResponseWriter, name string, err error) {
@@ -223,7 +248,7 @@ func writeTriggerError(w http.ResponseWriter, name string, err error) {
 		writeError(w, http.StatusConflict, name+": "+err.Error())
 	case errors.Is(err, ErrNoImage):
 		writeError(w, http.StatusBadRequest, name+": "+err.Error())
-	case errors.Is(err, ErrStopping):
+	case errors.Is(err, ErrStopping), errors.Is(err, ErrPaused):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 	default:
 		writeError(w, http.StatusInternalServerError, err.Error())

@@ -24,6 +24,9 @@ type Metrics struct {
 	// notifyFailures reports failed notifications per channel; it is read at
 	// scrape time so the dispatcher stays the only owner of those counts.
 	notifyFailures func() map[string]uint64
+	// deploysPaused reports whether deploys are paused (the state file
+	// could not be read); read at scrape time, the store owns it.
+	deploysPaused func() bool
 
 	mu       sync.Mutex
 	services map[string]*serviceMetrics
@@ -53,6 +56,13 @@ func (m *Metrics) SetNotifyFailures(f func() map[string]uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.notifyFailures = f
+}
+
+// SetDeploysPaused sets where watcher_deploys_paused comes from.
+func (m *Metrics) SetDeploysPaused(f func() bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.deploysPaused = f
 }
 
 // Track makes sure every named service has series from the first scrape, and
@@ -252,6 +262,8 @@ func (m *Metrics) WriteTo(w io.Writer, now time.Time) error {
 	fmt.Fprintf(bw, "watcher_poll_count_total %d\n", m.polls)
 	header(bw, "watcher_last_poll_timestamp_seconds", "gauge", "Unix time of the last completed poll cycle (0 before the first).")
 	fmt.Fprintf(bw, "watcher_last_poll_timestamp_seconds %s\n", formatFloat(unixSeconds(m.lastPoll)))
+	header(bw, "watcher_deploys_paused", "gauge", "1 if deploys are paused because the state file could not be read, 0 if not.")
+	fmt.Fprintf(bw, "watcher_deploys_paused %d\n", b2i(m.deploysPaused != nil && m.deploysPaused()))
 	header(bw, "watcher_uptime_seconds", "gauge", "Seconds since Dockward started.")
 	fmt.Fprintf(bw, "watcher_uptime_seconds %s\n", formatFloat(now.Sub(m.start).Seconds()))
 	header(bw, "dockward_build_info", "gauge", "Build information; always 1.")

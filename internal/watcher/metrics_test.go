@@ -24,6 +24,7 @@ var (
 func sampleMetrics() *Metrics {
 	m := NewMetrics("v1.2.3", metricsStart)
 	m.SetNotifyFailures(func() map[string]uint64 { return map[string]uint64{"smtp": 1, "discord": 2} })
+	m.SetDeploysPaused(func() bool { return true })
 	m.Track([]string{"web", "api", "gone"})
 	m.Track([]string{"web", "api"})
 
@@ -154,6 +155,7 @@ func TestMetricsContract(t *testing.T) {
 		{"watcher_poll_count_total", "counter"},
 		{"watcher_last_poll_timestamp_seconds", "gauge"},
 		{"watcher_uptime_seconds", "gauge"},
+		{"watcher_deploys_paused", "gauge"},
 	}
 	lines := strings.Split(out, "\n")
 	for _, c := range contract {
@@ -177,6 +179,7 @@ func TestMetricsContract(t *testing.T) {
 		`watcher_poll_count_total 2`,
 		`watcher_last_poll_timestamp_seconds 1.7145654e+09`,
 		`watcher_uptime_seconds 5400.5`,
+		`watcher_deploys_paused 1`,
 	} {
 		if !strings.Contains(out, want+"\n") {
 			t.Errorf("output lacks %q", want)

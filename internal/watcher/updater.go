@@ -325,6 +325,9 @@ func (u *Updater) acquire(name string) (*service, error) {
 	if u.stopping {
 		return nil, ErrStopping
 	}
+	if err := u.errIfPaused(); err != nil {
+		return nil, err
+	}
 	s, ok := u.services[name]
 	if !ok {
 		return nil, ErrUnknownService
