@@ -114,6 +114,7 @@ type scenario struct {
 	registryCfg  map[string]any // extra fields of the registry's config
 	composeCmd   []string       // docker.compose_command; nil: detection, which must find the v2 plugin
 	dockerHost   string         // DOCKER_HOST of the docker CLI and compose that the test runs; "": the default engine
+	pausedStart  bool           // start accepts /health 503: deploys paused (state_test.go)
 
 	// edit, when set, changes the config before it is written.
 	edit func(cfg map[string]any)
@@ -302,7 +303,7 @@ func (s *scenario) start() {
 				return false, "not listening yet"
 			}
 			code, body := s.request("GET", "/health")
-			return code == 200, body
+			return code == 200 || (s.pausedStart && code == 503), body
 		})
 		if !taken {
 			s.checkCompose()
