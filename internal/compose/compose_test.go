@@ -561,7 +561,7 @@ func TestPluginDevIsV2(t *testing.T) {
 		t.Fatal(err)
 	}
 	file := composeFile(t)
-	if err := r.Up(t.Context(), file, "myapp", UpOptions{NoPull: true}); err != nil {
+	if err := r.Up(t.Context(), Project{Name: "myapp", Files: []string{file}}, UpOptions{NoPull: true}); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{"compose", "-f", file, "-p", "myapp", "up", "-d", "--remove-orphans", "--pull", "never"}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dockward/dockward/internal/compose"
 	"github.com/dockward/dockward/internal/state"
 )
 
@@ -162,13 +163,13 @@ func TestAPITriggerWaitOutlivesServerTimeouts(t *testing.T) {
 	slow := 4 * timeout
 	h.w.push("app", digestB, behaveHealthy)
 	pull := h.w.compose.pull
-	h.w.compose.pull = func(ctx context.Context, file, project string) error {
+	h.w.compose.pull = func(ctx context.Context, p compose.Project, services ...string) error {
 		select {
 		case <-time.After(slow):
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		return pull(ctx, file, project)
+		return pull(ctx, p, services...)
 	}
 	srv := httptest.NewUnstartedServer(api)
 	srv.Config.ReadTimeout, srv.Config.WriteTimeout = timeout, timeout
