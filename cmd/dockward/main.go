@@ -7,9 +7,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/dockward/dockward/internal/journal"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -29,7 +32,9 @@ func main() {
 	}()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
 		if !errors.Is(err, errLogged) {
-			fmt.Fprintln(os.Stderr, "dockward:", err)
+			// Under systemd, at priority err: `journalctl -p err` says why
+			// dockward did not start.
+			fmt.Fprintln(journal.Writer(os.Stderr, os.Getenv, slog.LevelError), "dockward:", err)
 		}
 		if ee, ok := errors.AsType[*exitError](err); ok {
 			os.Exit(ee.code)

@@ -436,6 +436,28 @@ func TestUnitInMachine(t *testing.T) {
 		}
 	})
 
+	// A start that fails says why, at priority err.
+	t.Run("failed start", func(t *testing.T) {
+		m := m.in(t)
+		good := machineConfig(s)
+		bad := machineConfig(s)
+		bad["services"].([]map[string]any)[0]["compose_file"] = "docker-compose.yml"
+		m.writeConfig(bad)
+		if out, err := m.exec("systemctl", "start", "dockward"); err == nil {
+			t.Errorf("systemctl start with an invalid config succeeded:\n%s", out)
+		}
+		// The error spans lines; each is a journal record of its own.
+		var said []string
+		for _, e := range m.dockwardLines("-p", "err") {
+			said = append(said, e.Message)
+		}
+		if text := strings.Join(said, "\n"); !strings.Contains(text, "dockward: config /etc/dockward/config.json: invalid config:\n  services[0].compose_file") {
+			t.Errorf("journalctl -p err does not say why the start failed (services[0].compose_file):\n%s", text)
+		}
+		m.writeConfig(good)
+		m.must("systemctl", "reset-failed", "dockward")
+	})
+
 	t.Run("journal priorities", func(t *testing.T) {
 		m := m.in(t)
 		all := m.dockwardLines()
@@ -451,8 +473,8 @@ func TestUnitInMachine(t *testing.T) {
 			levels   []string
 			must     []string // lines that must be there
 		}{
-			{"warning", []string{"WARN", "ERROR"}, []string{"new version failed; rolling back", "config reload refused"}},
-			{"err", []string{"ERROR"}, []string{"new version failed; rolling back", "config reload refused"}},
+			{"warning", []string{"WARN", "ERROR"}, []string{"new version failed; rolling back", "config reload refused", "dockward: config"}},
+			{"err", []string{"ERROR"}, []string{"new version failed; rolling back", "config reload refused", "dockward: config"}},
 		} {
 			got := m.dockwardLines("-p", tt.priority)
 			want := 0
@@ -485,10 +507,15 @@ func TestUnitInMachine(t *testing.T) {
 
 var levelRE = regexp.MustCompile(`^level=([A-Z]+) `)
 
-// logLevel is the slog level at the start of a journal message, or "".
+// logLevel is the slog level at the start of a journal message: ERROR for
+// the error dockward exits with ("dockward: ...", then one line per invalid
+// field), "" for other lines.
 func logLevel(msg string) string {
 	if m := levelRE.FindStringSubmatch(msg); m != nil {
 		return m[1]
+	}
+	if strings.HasPrefix(msg, "dockward: ") || strings.HasPrefix(msg, "  services[") {
+		return "ERROR"
 	}
 	return ""
 }

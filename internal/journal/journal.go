@@ -71,6 +71,17 @@ func NewHandler(w io.Writer, getenv func(string) string, level slog.Leveler) slo
 	return h
 }
 
+// Writer returns a writer that gives every line written to w the syslog
+// priority of level, or w itself when w is not the journal stream (see
+// NewHandler). It is for the few lines written without a logger, such as
+// the error a command exits with. Each Write should hold whole lines.
+func Writer(w io.Writer, getenv func(string) string, level slog.Level) io.Writer {
+	if !connected(w, getenv("JOURNAL_STREAM")) {
+		return w
+	}
+	return &prefixWriter{mu: new(sync.Mutex), w: w, prefix: []byte("<" + strconv.Itoa(priority(level)) + ">")}
+}
+
 // connected reports whether w is the journal stream named by the
 // JOURNAL_STREAM value stream ("DEV:INODE").
 func connected(w io.Writer, stream string) bool {

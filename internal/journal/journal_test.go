@@ -188,3 +188,48 @@ func TestJournalStreamMustMatchFile(t *testing.T) {
 		})
 	}
 }
+
+func TestWriter(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	dev, ino, ok := fileID(f)
+	if !ok {
+		t.Skip("no device/inode numbers on this platform")
+	}
+	stream := fmt.Sprintf("%d:%d", dev, ino)
+	const text = "dockward: config x: invalid config:\n  services[0].compose_file: must be absolute\n"
+	tests := []struct {
+		name   string
+		stream string
+		level  slog.Level
+		want   string
+	}{
+		{"error", stream, slog.LevelError, "<3>dockward: config x: invalid config:\n<3>  services[0].compose_file: must be absolute\n"},
+		{"warning", stream, slog.LevelWarn, "<4>dockward: config x: invalid config:\n<4>  services[0].compose_file: must be absolute\n"},
+		{"another stream", fmt.Sprintf("%d:%d", dev, ino+1), slog.LevelError, text},
+		{"no journal", "", slog.LevelError, text},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := f.Truncate(0); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.Seek(0, 0); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := fmt.Fprint(Writer(f, env(map[string]string{"JOURNAL_STREAM": tt.stream}), tt.level), text); err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(f.Name())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != tt.want {
+				t.Errorf("Writer(JOURNAL_STREAM=%q, %v) wrote %q, want %q", tt.stream, tt.level, got, tt.want)
+			}
+		})
+	}
+}
