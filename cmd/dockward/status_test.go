@@ -138,3 +138,32 @@ func TestStatusTableGolden(t *testing.T) {
 		t.Errorf("dockward status printed:\n%s\nwant (%s):\n%s", stdout.String(), path, want)
 	}
 }
+
+// `dockward check` reads api.token_file as the daemon would, and never
+// prints the token.
+func TestCheckTokenFile(t *testing.T) {
+	dir := t.TempDir()
+	const token = "check-s3cret-token-0123456789"
+	good := writeConfig(t, dir, "token", token+"\n")
+	short := writeConfig(t, dir, "short", "s3cret\n")
+	for _, tt := range []struct {
+		name, file, wantErr string
+	}{
+		{"readable", good, ""},
+		{"missing", dir + "/nope", "api.token_file: open " + dir + "/nope: no such file"},
+		{"too short", short, "the first line must hold a token of at least 16 characters, has 6"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := writeConfig(t, dir, "config.json", fmt.Sprintf(`{"api": {"token_file": %q},
+				"services": [{"name": "web", "compose_file": "/srv/web.yml", "compose_project": "web"}]}`, tt.file))
+			var stdout, stderr bytes.Buffer
+			err := run(t.Context(), []string{"check", "-config", cfg}, noEnv, &stdout, &stderr)
+			if (err == nil) != (tt.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Errorf("dockward check = %v, want error %q", err, tt.wantErr)
+			}
+			if out := stdout.String() + stderr.String() + fmt.Sprint(err); strings.Contains(out, token) || strings.Contains(out, "s3cret") {
+				t.Errorf("dockward check printed the token: %s", out)
+			}
+		})
+	}
+}
