@@ -1,11 +1,13 @@
 package registry_test
 
 import (
+	"crypto/tls"
 	"errors"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 	"testing"
 
 	"github.com/dockward/dockward/internal/registry"
@@ -76,6 +78,62 @@ func TestRealRegistry(t *testing.T) {
 		}
 		if gets != 1 {
 			t.Errorf("proxy saw %d GETs, want 1 (the fallback)", gets)
+		}
+	})
+}
+
+// TestRealRegistryAuth runs Digest against docker-registry with htpasswd
+// over TLS (a private CA) and with token auth, and counts what one poll
+// costs once a token is cached.
+func TestRealRegistryAuth(t *testing.T) {
+	t.Run("htpasswd over TLS", func(t *testing.T) {
+		dir := t.TempDir()
+		ca := registrytest.NewCA(t, "dockward test CA")
+		cert, key := ca.Issue(t, dir)
+		reg := registrytest.StartWith(t, registrytest.Options{TLSCert: cert, TLSKey: key, CA: ca,
+			Htpasswd: registrytest.Htpasswd(t, dir, "ci", "s3cret-htpasswd")})
+		tlsCfg := &tls.Config{RootCAs: ca.Pool()}
+		// The manifest does not exist: a 404 after authenticating proves
+		// the credentials passed; a 401 would say they did not.
+		c, err := registry.New(reg.URL, registry.WithTLSConfig(tlsCfg), registry.WithBasicAuth("ci", "s3cret-htpasswd"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Digest(t.Context(), "team/app", "latest"); registry.Kind(err) != registry.KindNotFound {
+			t.Fatalf("Digest with the right password = %v, want not_found", err)
+		}
+		bad, _ := registry.New(reg.URL, registry.WithTLSConfig(tlsCfg), registry.WithBasicAuth("ci", "wrong"))
+		if _, err := bad.Digest(t.Context(), "team/app", "latest"); registry.Kind(err) != registry.KindUnauthorized {
+			t.Fatalf("Digest with a wrong password = %v, want unauthorized", err)
+		}
+		untrusting, _ := registry.New(reg.URL, registry.WithBasicAuth("ci", "s3cret-htpasswd"))
+		if _, err := untrusting.Digest(t.Context(), "team/app", "latest"); registry.Kind(err) != registry.KindNetwork || !strings.Contains(err.Error(), "certificate") {
+			t.Fatalf("Digest without the CA = %v, want a certificate error", err)
+		}
+	})
+	t.Run("token", func(t *testing.T) {
+		tokens := registrytest.StartTokenServer(t, map[string]string{"ci": "s3cret-token"}, 300)
+		reg := registrytest.StartWith(t, registrytest.Options{Token: tokens})
+		c, err := registry.New(reg.URL, registry.WithBasicAuth("ci", "s3cret-token"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 3 {
+			if _, err := c.Digest(t.Context(), "team/app", "latest"); registry.Kind(err) != registry.KindNotFound {
+				t.Fatalf("Digest #%d = %v, want not_found (authenticated, no such tag)", i, err)
+			}
+		}
+		if n := tokens.Issued("dockward"); n != 1 {
+			t.Errorf("%d tokens issued for 3 digests, want 1 (cached)", n)
+		}
+		// A restart with a new key refuses the cached token: one new token.
+		tokens.Rotate()
+		reg.Restart()
+		if _, err := c.Digest(t.Context(), "team/app", "latest"); registry.Kind(err) != registry.KindNotFound {
+			t.Fatalf("Digest after the key rotation = %v, want not_found", err)
+		}
+		if n := tokens.Issued("dockward"); n != 2 {
+			t.Errorf("%d tokens issued after the key rotation, want 2", n)
 		}
 	})
 }

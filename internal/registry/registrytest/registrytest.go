@@ -6,6 +6,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"crypto/tls"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -53,12 +54,80 @@ func Start(t testing.TB, opts ...Option) string {
 	for _, opt := range opts {
 		opt(&o)
 	}
+	return StartWith(t, Options{notify: o}).URL
+}
+
+// Options configure a registry started by StartWith.
+type Options struct {
+	// TLS serves https with this certificate and key (PEM files).
+	TLSCert, TLSKey string
+	// CA is the CA that issued TLSCert, to check that the registry is up.
+	CA *CA
+	// Htpasswd requires Basic credentials from this htpasswd file (bcrypt).
+	Htpasswd string
+	// Token requires bearer tokens from this token server.
+	Token *TokenServer
+
+	notify options // from Start's options
+}
+
+// Registry is a running docker-registry.
+type Registry struct {
+	URL  string // such as "http://127.0.0.1:41234" or "https://..."
+	Host string // 127.0.0.1:port
+
+	t       testing.TB
+	dir     string
+	opts    Options
+	cmd     *exec.Cmd
+	out     *syncBuffer
+	exited  chan error
+	stopped bool
+}
+
+// StartWith runs docker-registry as Start does, with TLS and authentication
+// as opts say.
+func StartWith(t testing.TB, opts Options) *Registry {
+	t.Helper()
+	r := &Registry{t: t, dir: t.TempDir(), Host: FreeAddr(t), opts: opts}
+	r.URL = "http://" + r.Host
+	if opts.TLSCert != "" {
+		r.URL = "https://" + r.Host
+	}
+	t.Cleanup(func() {
+		r.stop()
+		if t.Failed() {
+			t.Logf("docker-registry output:\n%s", r.out.String())
+		}
+	})
+	r.start()
+	return r
+}
+
+// Restart stops the registry and starts it again on the same port and
+// storage, with the token server's current keys (see TokenServer.Rotate).
+func (r *Registry) Restart() {
+	r.t.Helper()
+	r.stop()
+	r.start()
+}
+
+func (r *Registry) stop() {
+	if r.cmd == nil || r.stopped {
+		return
+	}
+	r.cmd.Process.Kill()
+	<-r.exited
+	r.stopped = true
+}
+
+func (r *Registry) start() {
+	t := r.t
+	t.Helper()
 	bin, err := exec.LookPath("docker-registry")
 	if err != nil {
 		t.Fatalf("docker-registry not found (%v): install it with `apt-get install docker-registry` (Debian's distribution 2.8); the registry tests need a real registry", err)
 	}
-	dir := t.TempDir()
-	addr := FreeAddr(t)
 	config := fmt.Sprintf(`version: 0.1
 log:
   level: warn
@@ -72,53 +141,61 @@ storage:
 http:
   addr: %s
   secret: dockward-test
-`, strconv.Quote(filepath.Join(dir, "data")), addr)
-	if o.notifyURL != "" {
+`, strconv.Quote(filepath.Join(r.dir, "data")), r.Host)
+	if o := r.opts.notify; o.notifyURL != "" {
 		config += notificationsConfig(o.notifyURL, o.notifyToken)
 	}
-	configPath := filepath.Join(dir, "config.yml")
+	if r.opts.TLSCert != "" {
+		config += fmt.Sprintf("  tls:\n    certificate: %s\n    key: %s\n", strconv.Quote(r.opts.TLSCert), strconv.Quote(r.opts.TLSKey))
+	}
+	switch {
+	case r.opts.Htpasswd != "":
+		config += fmt.Sprintf("auth:\n  htpasswd:\n    realm: dockward-test\n    path: %s\n", strconv.Quote(r.opts.Htpasswd))
+	case r.opts.Token != nil:
+		tok := r.opts.Token
+		config += fmt.Sprintf("auth:\n  token:\n    realm: %s\n    service: %s\n    issuer: %s\n    rootcertbundle: %s\n",
+			strconv.Quote(tok.URL+"/token"), strconv.Quote(tok.Service), strconv.Quote(tok.Issuer), strconv.Quote(tok.rootBundle(t)))
+	}
+	configPath := filepath.Join(r.dir, "config.yml")
 	if err := os.WriteFile(configPath, []byte(config), 0o600); err != nil {
 		t.Fatalf("write registry config: %v", err)
 	}
 
-	var out syncBuffer
+	r.out = &syncBuffer{}
 	cmd := exec.Command(bin, "serve", configPath)
-	cmd.Stdout = &out
-	cmd.Stderr = &out
+	cmd.Stdout = r.out
+	cmd.Stderr = r.out
 	cmd.SysProcAttr = sysProcAttr()
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start docker-registry: %v", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("docker-registry output:\n%s", out.String())
-		}
-	})
+	r.cmd, r.stopped = cmd, false
+	r.exited = make(chan error, 1)
+	go func() { r.exited <- cmd.Wait() }()
 
-	base := "http://" + addr
 	hc := &http.Client{Timeout: time.Second}
+	if r.opts.CA != nil {
+		hc.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: r.opts.CA.Pool()}}
+	}
 	deadline := time.NewTimer(startTimeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(25 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		resp, err := hc.Get(base + "/v2/")
+		resp, err := hc.Get(r.URL + "/v2/")
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return base
+			// With authentication, 401 is how a registry that is up answers.
+			if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized && (r.opts.Htpasswd != "" || r.opts.Token != nil) {
+				return
 			}
 		}
 		select {
-		case werr := <-exited:
-			exited <- werr // for the cleanup
-			t.Fatalf("docker-registry exited before serving (%v); output:\n%s", werr, out.String())
+		case werr := <-r.exited:
+			r.exited <- werr // for the cleanup
+			t.Fatalf("docker-registry exited before serving (%v); output:\n%s", werr, r.out.String())
 		case <-deadline.C:
-			t.Fatalf("docker-registry did not answer GET /v2/ with 200 within %v (last: %v); output:\n%s", startTimeout, describe(resp, err), out.String())
+			t.Fatalf("docker-registry did not answer GET /v2/ within %v (last: %v); output:\n%s", startTimeout, describe(resp, err), r.out.String())
 		case <-tick.C:
 		}
 	}
