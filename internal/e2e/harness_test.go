@@ -115,6 +115,7 @@ type scenario struct {
 	composeCmd   []string       // docker.compose_command; nil: detection, which must find the v2 plugin
 	dockerHost   string         // DOCKER_HOST of the docker CLI and compose that the test runs; "": the default engine
 	pausedStart  bool           // start accepts /health 503: deploys paused (state_test.go)
+	dockerEnv    []string       // extra environment of `docker push` (a DOCKER_CONFIG with a login)
 
 	// edit, when set, changes the config before it is written.
 	edit func(cfg map[string]any)
@@ -124,7 +125,13 @@ type scenario struct {
 
 func newScenario(t *testing.T, name string, opts ...registrytest.Option) *scenario {
 	t.Helper()
-	reg := registrytest.Start(t, opts...)
+	return newScenarioAt(t, name, registrytest.Start(t, opts...))
+}
+
+// newScenarioAt is newScenario with a registry of the test's own, such as
+// one that wants credentials.
+func newScenarioAt(t *testing.T, name, reg string) *scenario {
+	t.Helper()
 	// A random suffix keeps concurrent runs of the suite (two developers,
 	// or a rerun while an old one cleans up) out of each other's projects.
 	suffix := fmt.Sprintf("%04x", rand.N(1<<16))
@@ -132,7 +139,7 @@ func newScenario(t *testing.T, name string, opts ...registrytest.Option) *scenar
 		t:            t,
 		name:         name,
 		registry:     reg,
-		host:         strings.TrimPrefix(reg, "http://"),
+		host:         strings.TrimPrefix(strings.TrimPrefix(reg, "http://"), "https://"),
 		repo:         "e2e/" + name,
 		dir:          t.TempDir(),
 		project:      "dwe2e-" + name + "-" + suffix,
@@ -172,7 +179,7 @@ func (s *scenario) push(img image) string {
 		s.t.Fatal(err)
 	}
 	s.docker("build", "-q", "-t", s.ref("latest"), dir)
-	out := s.docker("push", s.ref("latest"))
+	out := runToolEnv(s.t, append(s.toolEnv(), s.dockerEnv...), "docker", "push", s.ref("latest"))
 	m := regexp.MustCompile(`digest: (sha256:[0-9a-f]{64})`).FindStringSubmatch(out)
 	if m == nil {
 		s.t.Fatalf("docker push printed no digest:\n%s", out)
