@@ -253,3 +253,55 @@ lines:
 	}
 	return n
 }
+
+// `dockward check` reads the files the registry section names, reports
+// what is wrong with them, and never prints a secret.
+func TestCheckRegistryFiles(t *testing.T) {
+	dir := t.TempDir()
+	compose := filepath.Join(dir, "compose.yml")
+	os.WriteFile(compose, []byte("services: {}\n"), 0o600)
+	notPEM := writeConfig(t, dir, "not.pem", "not a certificate, and not "+testPassword)
+	pw := writeConfig(t, dir, "pw", testPassword+"\n")
+	dockerCfg := filepath.Join(dir, "docker", "config.json")
+	os.MkdirAll(filepath.Dir(dockerCfg), 0o700)
+	os.WriteFile(dockerCfg, []byte(`{"auths": {"other.example.com": {"auth": "dTpw"}}}`), 0o600)
+	tests := []struct {
+		name     string
+		registry string
+		wantErr  string
+		wantOut  string
+	}{
+		{name: "password_file OK", registry: `"username": "ci", "password_file": "` + pw + `"`, wantOut: "config OK"},
+		{name: "missing password_file", registry: `"username": "ci", "password_file": "` + dir + `/nope"`, wantErr: "registry.password_file: open " + dir + "/nope: no such file"},
+		{name: "credentials directory unset: a warning", registry: `"username": "ci", "password_file": "$CREDENTIALS_DIRECTORY/registry"`,
+			wantOut: "warning: registry.password_file: $CREDENTIALS_DIRECTORY is not set here"},
+		{name: "CA file without a certificate", registry: `"ca_file": "` + notPEM + `"`, wantErr: "registry.ca_file: " + notPEM + " holds no PEM certificate"},
+		{name: "docker config without the host", registry: `"docker_config": "` + dockerCfg + `"`, wantErr: "registry.docker_config: docker config " + dockerCfg + ": no auths entry, credHelpers entry or credsStore for reg.example.com"},
+		{name: "insecure: a warning", registry: `"insecure_skip_verify": true`, wantOut: "warning: registry.insecure_skip_verify"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeConfig(t, t.TempDir(), "config.json", fmt.Sprintf(`{
+  "registry": {"url": "https://reg.example.com", %s},
+  "services": [{"name": "web", "image": "web:latest", "compose_file": %q, "compose_project": "web", "auto_update": true}]
+}`, tt.registry, compose))
+			var stdout, stderr bytes.Buffer
+			err := run(t.Context(), []string{"check", "-config", path}, noEnv, &stdout, &stderr)
+			out := stdout.String() + stderr.String()
+			if err != nil {
+				out += err.Error()
+			}
+			switch {
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Errorf("check = %v, want an error containing %q", err, tt.wantErr)
+			case tt.wantErr == "" && err != nil:
+				t.Errorf("check = %v, want success", err)
+			case !strings.Contains(out, tt.wantOut):
+				t.Errorf("check output %q does not contain %q", out, tt.wantOut)
+			}
+			if strings.Contains(out, testPassword) {
+				t.Errorf("check output shows the password: %s", out)
+			}
+		})
+	}
+}

@@ -123,6 +123,9 @@ func runCheck(ctx context.Context, args []string, getenv func(string) string, st
 	if cfg.Registry.InsecureSkipVerify {
 		fmt.Fprintln(stdout, "warning: registry.insecure_skip_verify: the registry's TLS certificate is not verified")
 	}
+	if cfg.Registry.PasswordFile != "" && cfg.Registry.PasswordPath(getenv) == "" {
+		fmt.Fprintln(stdout, "warning: registry.password_file: $CREDENTIALS_DIRECTORY is not set here, so the file is not checked; dockward reads it at start")
+	}
 	fmt.Fprintf(stdout, "%s: config OK (%d services)\n", *configPath, len(cfg.Services))
 	if *online {
 		return checkOnline(ctx, cfg, getenv, stdout)
@@ -287,7 +290,9 @@ func loadFull(path string, getenv func(string) string) (*config.Config, error) {
 	if _, err := cfg.API.BearerToken(getenv); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
-	if _, err := loadRegistryAccess(cfg.Registry, getenv); err != nil {
+	// Outside the unit (`dockward check` by hand, Ansible's validate:) a
+	// LoadCredential= file cannot be read: start and reload still check it.
+	if _, err := loadRegistryAccess(cfg.Registry, getenv); err != nil && !errors.Is(err, config.ErrNoCredentialsDirectory) {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	if _, err := cfg.Registry.EventsSecret(getenv); err != nil {

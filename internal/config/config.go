@@ -69,6 +69,11 @@ type Registry struct {
 // LoadCredential=.
 const credentialsDirectory = "$CREDENTIALS_DIRECTORY/"
 
+// ErrNoCredentialsDirectory: password_file starts with
+// $CREDENTIALS_DIRECTORY, and it is not set (outside the unit, such as
+// `dockward check` run by hand).
+var ErrNoCredentialsDirectory = errors.New("registry.password_file: starts with $CREDENTIALS_DIRECTORY, which is not set (LoadCredential= in the unit sets it)")
+
 // PasswordPath returns password_file with $CREDENTIALS_DIRECTORY expanded,
 // or "" when it is unset or the variable is.
 func (r Registry) PasswordPath(getenv func(string) string) string {
@@ -91,7 +96,7 @@ func (r Registry) ReadPassword(getenv func(string) string) (string, error) {
 	}
 	path := r.PasswordPath(getenv)
 	if path == "" {
-		return "", errors.New("registry.password_file: starts with $CREDENTIALS_DIRECTORY, which is not set (LoadCredential= in the unit sets it)")
+		return "", ErrNoCredentialsDirectory
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
