@@ -45,12 +45,10 @@ func TestPrivateRegistryHtpasswdTLS(t *testing.T) {
 	s.up()
 	s.start()
 
-	v2 := s.push(healthyImage)
-	s.forget() // the engine must pull it, with the credentials
+	v2 := s.pushForPull(healthyImage)
 	s.waitFor(90*time.Second, "v2 to be deployed from the TLS registry", func() (bool, string) { return s.runs(v2) })
 
-	bad := s.push(unhealthyImage)
-	s.forget()
+	bad := s.pushForPull(unhealthyImage)
 	s.waitFor(90*time.Second, "the bad digest to be blocked", func() (bool, string) {
 		b := s.blocked()
 		return b == bad, "blocked " + b
@@ -84,8 +82,7 @@ func TestPrivateRegistryToken(t *testing.T) {
 	s.up()
 	s.start()
 
-	v2 := s.push(healthyImage)
-	s.forget()
+	v2 := s.pushForPull(healthyImage)
 	engineTokens := tokens.Issued("docker")
 	s.waitFor(90*time.Second, "v2 to be deployed from the token registry", func() (bool, string) { return s.runs(v2) })
 	if n := tokens.Issued("docker"); n <= engineTokens {
@@ -122,8 +119,7 @@ func TestPrivateRegistryToken(t *testing.T) {
 	s.stop()
 	writeSecret(t, dir, "password", "wr0ng-pa55-never-logged")
 	s.start()
-	v3 := s.push(healthyImage)
-	s.forget()
+	v3 := s.pushForPull(healthyImage)
 	s.waitPolls(4)
 	failed := s.hooks.events("update_failed")
 	if len(failed) != 1 || failed[0].Level != "critical" || !strings.Contains(failed[0].Reason, "401 Unauthorized") ||
@@ -154,8 +150,7 @@ func TestPrivateRegistryToken(t *testing.T) {
 	tokens.Rotate()
 	reg.Restart()
 	before = tokens.Issued("dockward")
-	v4 := s.push(healthyImage)
-	s.forget()
+	v4 := s.pushForPull(healthyImage)
 	s.waitFor(90*time.Second, "v4 to be deployed after the key rotation", func() (bool, string) { return s.runs(v4) })
 	if tokens.Issued("dockward") <= before {
 		t.Errorf("no new token after the registry changed its key")
@@ -180,8 +175,7 @@ func TestPrivateRegistryDockerConfig(t *testing.T) {
 	s.push(healthyImage)
 	s.up()
 	s.start()
-	v2 := s.push(healthyImage)
-	s.forget()
+	v2 := s.pushForPull(healthyImage)
 	s.waitFor(90*time.Second, "v2 to be deployed with the docker config's auths entry", func() (bool, string) { return s.runs(v2) })
 	if !strings.Contains(s.proc.logs(), "auths entry of "+filepath.Join(login, "config.json")) {
 		t.Errorf("the start log does not say the credentials come from the auths entry:\n%s", s.proc.logs())
@@ -230,8 +224,7 @@ exit 1
 	s.push(healthyImage)
 	s.up()
 	s.start()
-	v2 := s.push(healthyImage)
-	s.forget()
+	v2 := s.pushForPull(healthyImage)
 	s.waitFor(90*time.Second, "v2 to be deployed with the helper's credentials", func() (bool, string) { return s.runs(v2) })
 	b, err := os.ReadFile(calls)
 	if err != nil {
@@ -244,10 +237,21 @@ exit 1
 	noSecrets(t, s, password)
 }
 
-// forget removes the local :latest image, so that a deploy must pull it.
-func (s *scenario) forget() {
+// pushForPull pushes img and removes it from the engine, so that the
+// deploy must pull it, with the credentials. Dockward is paused meanwhile
+// (SIGSTOP): a poll between the push and the removal would find the image
+// already there, and a removal during its pull would break the pull.
+func (s *scenario) pushForPull(img image) string {
 	s.t.Helper()
+	if s.proc != nil {
+		if err := s.proc.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			s.t.Fatal(err)
+		}
+		defer s.proc.cmd.Process.Signal(syscall.SIGCONT)
+	}
+	d := s.push(img)
 	docker(s.t, "rmi", s.ref("latest"))
+	return d
 }
 
 // dockerLogin logs the docker CLI in to host, in a config folder of the
