@@ -142,9 +142,6 @@ http:
   addr: %s
   secret: dockward-test
 `, strconv.Quote(filepath.Join(r.dir, "data")), r.Host)
-	if o := r.opts.notify; o.notifyURL != "" {
-		config += notificationsConfig(o.notifyURL, o.notifyToken)
-	}
 	if r.opts.TLSCert != "" {
 		config += fmt.Sprintf("  tls:\n    certificate: %s\n    key: %s\n", strconv.Quote(r.opts.TLSCert), strconv.Quote(r.opts.TLSKey))
 	}
@@ -155,6 +152,10 @@ http:
 		tok := r.opts.Token
 		config += fmt.Sprintf("auth:\n  token:\n    realm: %s\n    service: %s\n    issuer: %s\n    rootcertbundle: %s\n",
 			strconv.Quote(tok.URL+"/token"), strconv.Quote(tok.Service), strconv.Quote(tok.Issuer), strconv.Quote(tok.rootBundle(t)))
+	}
+	// After the tls lines, which belong to the http section.
+	if o := r.opts.notify; o.notifyURL != "" {
+		config += notificationsConfig(o.notifyURL, o.notifyToken)
 	}
 	configPath := filepath.Join(r.dir, "config.yml")
 	if err := os.WriteFile(configPath, []byte(config), 0o600); err != nil {
