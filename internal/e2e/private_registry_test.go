@@ -250,7 +250,7 @@ func (s *scenario) pushForPull(img image) string {
 		defer s.proc.cmd.Process.Signal(syscall.SIGCONT)
 	}
 	d := s.push(img)
-	docker(s.t, "rmi", s.ref("latest"))
+	s.docker("rmi", s.ref("latest"))
 	return d
 }
 
