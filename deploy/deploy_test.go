@@ -255,6 +255,8 @@ func TestAnsiblePlaybook(t *testing.T) {
 		return fmt.Sprintf(`
 dockward_registry_url: http://localhost:5000
 dockward_poll_interval: 60
+dockward_registry_username: deployer
+dockward_registry_password: ansible-registry-pa55-never-shown
 dockward_api_port: 9191
 dockward_notifications:
   webhooks:
@@ -301,6 +303,7 @@ dockward_services:
 	installed := map[string]os.FileMode{
 		"usr/local/bin/dockward":              0o755,
 		"etc/dockward/config.json":            0o600,
+		"etc/dockward/registry-password":      0o600,
 		"etc/systemd/system/dockward.service": 0o644,
 	}
 	for rel, mode := range installed {
@@ -323,6 +326,8 @@ dockward_services:
 		Registry struct {
 			URL          string `json:"url"`
 			PollInterval int    `json:"poll_interval"`
+			Username     string `json:"username"`
+			PasswordFile string `json:"password_file"`
 		} `json:"registry"`
 		API struct {
 			Port string `json:"port"`
@@ -353,6 +358,20 @@ dockward_services:
 	if len(cfg.Notifications.Webhooks) != 1 || cfg.Notifications.Webhooks[0].Body != body ||
 		cfg.Notifications.Webhooks[0].Headers["Authorization"] != "Bearer $NTFY_TOKEN" {
 		t.Errorf("config.json webhooks = %+v, want body %s", cfg.Notifications.Webhooks, body)
+	}
+	// The registry password is in its own 0600 file, named by the config;
+	// neither the config, the unit nor Ansible's output shows it.
+	const registryPassword = "ansible-registry-pa55-never-shown"
+	if want := filepath.Join(dest, "etc/dockward/registry-password"); cfg.Registry.Username != "deployer" || cfg.Registry.PasswordFile != want {
+		t.Errorf("config.json registry = %+v, want username deployer and password_file %s", cfg.Registry, want)
+	}
+	if got := strings.TrimSpace(string(readFile(t, filepath.Join(dest, "etc/dockward/registry-password")))); got != registryPassword {
+		t.Errorf("registry-password holds %d bytes, not the password", len(got))
+	}
+	for _, where := range []string{string(configBytes), string(readFile(t, filepath.Join(dest, "etc/systemd/system/dockward.service"))), out} {
+		if strings.Contains(where, registryPassword) {
+			t.Errorf("the registry password shows in the config, the unit or Ansible's output")
+		}
 	}
 	mustRun(t, tmp, nil, filepath.Join(dest, "usr/local/bin/dockward"), "check", "-config", configPath)
 

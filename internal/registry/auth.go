@@ -265,7 +265,7 @@ func (c *Client) fetchToken(ctx context.Context, ch Challenge, scope string, cre
 	if err != nil || (realm.Scheme != "http" && realm.Scheme != "https") || realm.Host == "" {
 		return token{}, badResponse("registry %s: Bearer challenge with an unusable realm %q", c.base.Host, truncate(ch.Params["realm"], 200))
 	}
-	what := fmt.Sprintf("get token from %s for %s as %s", redactRealm(realm.String()), orNone(scope), creds)
+	what := fmt.Sprintf("Bearer auth: get token from %s for %s as %s", redactRealm(realm.String()), orNone(scope), creds)
 	if !creds.Empty() && !c.mayExpose(realm) {
 		return token{}, &classified{class: ErrUnauthorized, err: fmt.Errorf(
 			"%s: the token server is plain http and not loopback; credentials are only sent over https or to a loopback host", what)}
