@@ -53,6 +53,10 @@ var errEngineBack = errors.New("the docker engine was away and answers again")
 // errEngineAway says the engine did not answer within the engine wait.
 var errEngineAway = errors.New("the docker engine does not answer")
 
+// engineProbeInterval is how often a verification pings the engine between
+// its looks at the containers.
+const engineProbeInterval = 500 * time.Millisecond
+
 // maxEngineTextRetries bounds how often a compose step that failed with
 // words of an unreachable engine is retried while the engine itself answers.
 const maxEngineTextRetries = 3
@@ -598,11 +602,32 @@ func (d *deployment) verify(ctx context.Context) (bool, string, error) {
 	othersRunning := map[string]bool{}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	// Between the looks at the containers the engine is pinged more often,
+	// so that a quick restart of dockerd (which stops containers without a
+	// restart policy) is noticed and not judged as the new version failing.
+	var probe <-chan time.Time
+	if every > engineProbeInterval {
+		t := time.NewTicker(engineProbeInterval)
+		defer t.Stop()
+		probe = t.C
+	}
 	lastErr := ""
 	for {
 		select {
 		case <-ctx.Done():
 			return false, "", ctx.Err()
+		case <-probe:
+			_, err := d.u.engine.ListContainers(ctx, d.project().Name, false)
+			if ctx.Err() != nil {
+				return false, "", ctx.Err()
+			}
+			if docker.Unavailable(err) {
+				if werr := d.waitEngine(ctx, "verify", err); werr != nil {
+					return false, "", werr
+				}
+				return false, "", errEngineBack
+			}
+			continue
 		case <-timer.C:
 		}
 		atDeadline := !d.u.now().Before(deadline)

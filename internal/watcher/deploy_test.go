@@ -316,6 +316,10 @@ func TestEngineAway(t *testing.T) {
 			want: Deployed, ups: 2},
 		{name: "restart while a version that never gets healthy is verified", behaviour: behaveStarting, at: 5 * time.Second, away: 20 * time.Second,
 			want: RolledBack, ups: 3, blocked: true},
+		// Shorter than health_poll_interval (5s), between two looks at
+		// the containers: the engine pings between them notice it.
+		{name: "quick restart between two looks at the containers", behaviour: behaveNoHealthcheck, at: 6 * time.Second, away: 2 * time.Second,
+			want: Deployed, ups: 2},
 		{name: "away during compose up", behaviour: behaveHealthy, during: "up", away: 30 * time.Second,
 			want: Deployed, ups: 1},
 		{name: "away during the rollback", behaviour: behaveUnhealthy, during: "rollback", away: 30 * time.Second,
