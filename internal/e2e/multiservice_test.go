@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -23,9 +22,9 @@ func TestMultiServiceDeployTouchesOnlyTheWatchedService(t *testing.T) {
 	dbRepo, workerRepo := s.repo+"-db", s.repo+"-worker"
 	t.Cleanup(func() {
 		for _, repo := range []string{dbRepo, workerRepo} {
-			out, _ := exec.Command("docker", "images", "-q", s.host+"/"+repo).Output()
-			if ids := strings.Fields(string(out)); len(ids) > 0 {
-				exec.Command("docker", append([]string{"rmi", "-f"}, ids...)...).Run()
+			out, _ := s.tryDocker("images", "-q", s.host+"/"+repo)
+			if ids := strings.Fields(out); len(ids) > 0 {
+				s.tryDocker(append([]string{"rmi", "-f"}, ids...)...)
 			}
 		}
 	})
@@ -55,14 +54,12 @@ services:
 	if err := os.WriteFile(s.compose, []byte(y), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	composeCmd := defaultCompose(t)
-	runTool(t, composeCmd[0], append(composeCmd[1:], "-f", s.compose, "-p", s.project, "up", "-d")...)
-	t.Logf("compose: %s", strings.Join(composeCmd, " "))
+	s.composeTool("-f", s.compose, "-p", s.project, "up", "-d")
 
 	// A new db digest is in the registry; the engine must never get it.
 	// Built here, it is removed from the engine again at once.
 	db2 := s.pushTo(dbRepo, healthyImage)
-	docker(t, "rmi", s.host+"/"+dbRepo+":latest")
+	s.docker("rmi", s.host+"/"+dbRepo+":latest")
 	if s.hasImage(dbRepo, db2) {
 		t.Fatalf("db's new digest %s is still on the engine before the test", db2)
 	}
@@ -74,6 +71,7 @@ services:
 		}
 	}
 	s.start()
+	s.checkCompose()
 
 	// A good web push: web only.
 	web2 := s.push(healthyImage)
@@ -134,16 +132,6 @@ services:
 	}
 }
 
-// defaultCompose is the compose dockward detects: the v2 plugin when
-// docker has it, else docker-compose v1.
-func defaultCompose(t *testing.T) []string {
-	t.Helper()
-	if err := exec.Command("docker", "compose", "version").Run(); err == nil {
-		return []string{"docker", "compose"}
-	}
-	return []string{"docker-compose"}
-}
-
 // pushTo pushes a test image as repo:latest, another repository of the
 // scenario's registry, and returns its digest.
 func (s *scenario) pushTo(repo string, img image) string {
@@ -158,7 +146,7 @@ func (s *scenario) pushTo(repo string, img image) string {
 // its running container.
 func (s *scenario) serviceContainers() map[string]string {
 	s.t.Helper()
-	out := docker(s.t, "ps", "--filter", "label=com.docker.compose.project="+s.project, "--filter", "status=running",
+	out := s.docker("ps", "--filter", "label=com.docker.compose.project="+s.project, "--filter", "status=running",
 		"--format", `{{.ID}} {{.Label "com.docker.compose.service"}}`)
 	m := map[string]string{}
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
@@ -177,9 +165,9 @@ func (s *scenario) serviceDigest(service, repo string) string {
 	if id == "" {
 		return ""
 	}
-	img := strings.TrimSpace(docker(s.t, "inspect", "-f", "{{.Image}}", id))
+	img := strings.TrimSpace(s.docker("inspect", "-f", "{{.Image}}", id))
 	var rds []string
-	if err := json.Unmarshal([]byte(docker(s.t, "image", "inspect", "-f", "{{json .RepoDigests}}", img)), &rds); err != nil {
+	if err := json.Unmarshal([]byte(s.docker("image", "inspect", "-f", "{{json .RepoDigests}}", img)), &rds); err != nil {
 		s.t.Fatal(err)
 	}
 	for _, rd := range rds {
@@ -193,12 +181,12 @@ func (s *scenario) serviceDigest(service, repo string) string {
 // serviceHealth is "status/health" of the service's container.
 func (s *scenario) serviceHealth(service string) string {
 	s.t.Helper()
-	out := strings.TrimSpace(docker(s.t, "ps", "-aq", "--filter", "label=com.docker.compose.project="+s.project,
+	out := strings.TrimSpace(s.docker("ps", "-aq", "--filter", "label=com.docker.compose.project="+s.project,
 		"--filter", "label=com.docker.compose.service="+service))
 	if out == "" {
 		return "missing"
 	}
-	st, err := tryDocker("inspect", "-f", "{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}", strings.Fields(out)[0])
+	st, err := s.tryDocker("inspect", "-f", "{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}", strings.Fields(out)[0])
 	if err != nil {
 		return "missing"
 	}
@@ -207,6 +195,6 @@ func (s *scenario) serviceHealth(service string) string {
 
 // hasImage reports whether the engine has an image with digest d of repo.
 func (s *scenario) hasImage(repo, d string) bool {
-	_, err := tryDocker("image", "inspect", s.host+"/"+repo+"@"+d)
+	_, err := s.tryDocker("image", "inspect", s.host+"/"+repo+"@"+d)
 	return err == nil
 }
