@@ -267,6 +267,15 @@ func TestPreviousGeneration(t *testing.T) {
 			t.Errorf("after save %d previous generation = %q, want %q", i+1, got, gens[i-1])
 		}
 	}
+	// The previous generation is what the store last wrote, also when the
+	// file was changed behind its back.
+	write(t, path, "edited behind dockward's back")
+	if err := s.Update("web", func(svc *state.Service) { svc.Heal.Consecutive = 9 }); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, state.PrevPath(path)); got != gens[len(gens)-1] {
+		t.Errorf("previous generation after an outside edit = %q, want the last written %q", got, gens[len(gens)-1])
+	}
 	st, err := os.Stat(state.PrevPath(path))
 	if err != nil {
 		t.Fatal(err)

@@ -517,7 +517,7 @@ func (s *Store) save() error {
 	}
 	b = append(b, '\n')
 	if s.lastGood != nil && !bytes.Equal(s.lastGood, b) {
-		if err := writeAtomic(PrevPath(s.path), s.lastGood); err != nil {
+		if err := s.keepPrevious(); err != nil {
 			s.dirty = true
 			return fmt.Errorf("keep the previous generation: %w", err)
 		}
@@ -528,6 +528,31 @@ func (s *Store) save() error {
 	}
 	s.lastGood, s.dirty = b, false
 	return nil
+}
+
+// keepPrevious makes the previous generation hold lastGood, the file's
+// content before this save. Usually the file holds it: a hard link to it,
+// renamed over the previous generation, keeps it without writing and
+// syncing the bytes again (they were synced when the file was written); the
+// directory sync after the file's own rename makes both renames durable.
+// Otherwise (the previous generation was loaded, a filesystem without hard
+// links) lastGood is written out. s.mu is held.
+func (s *Store) keepPrevious() error {
+	prev := PrevPath(s.path)
+	if cur, err := os.ReadFile(prev); err == nil && bytes.Equal(cur, s.lastGood) {
+		return nil
+	}
+	if cur, err := os.ReadFile(s.path); err == nil && bytes.Equal(cur, s.lastGood) {
+		link := filepath.Join(filepath.Dir(prev), "."+filepath.Base(prev)+".link.tmp")
+		os.Remove(link)
+		if err := os.Link(s.path, link); err == nil {
+			if err := os.Rename(link, prev); err == nil {
+				return nil
+			}
+			os.Remove(link)
+		}
+	}
+	return writeAtomic(prev, s.lastGood)
 }
 
 func writeAtomic(path string, b []byte) error {
