@@ -4,9 +4,10 @@
 // The file is small and rewritten whole on every change: write a temp file,
 // fsync it, rename it over the old one, fsync the directory. A crash leaves
 // either the old or the new file, never a torn one. Each save first keeps the
-// previous good generation beside the file (state.json.prev, written the same
-// way), so a file damaged anyway (a disk or filesystem that lies about
-// fsync, an operator's editor) is not the end of what Dockward knew.
+// previous good generation beside the file (state.json.prev: a hard link to
+// the file it replaces, or written out the same way), so a file damaged
+// anyway (a disk or filesystem that lies about fsync, an operator's editor)
+// is not the end of what Dockward knew.
 //
 // Open never refuses to start over a damaged file: it falls back to the
 // previous generation, and when neither can be read it returns a paused
