@@ -84,6 +84,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if len(bad) > 0 {
 		return fmt.Errorf("%d of %d services need attention: %s", len(bad), len(st.Services), strings.Join(bad, ", "))
 	}
+	if st.Daemon.DeploysPaused != "" {
+		return errors.New(st.Daemon.DeploysPaused)
+	}
 	return nil
 }
 

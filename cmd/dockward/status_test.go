@@ -59,6 +59,9 @@ func TestStatusCommand(t *testing.T) {
 				"other    BLOCKED", "rolled back sha256:cccccccccccc 1m ago (0.0s)", "other: sha256:cccccccccccc blocked: container other-web-1 is unhealthy"}},
 		{name: "all fine", args: func(a string) []string { return []string{"-addr", "http://" + a + "/"} }, code: 200, body: healthy,
 			wantExit: 0, outHas: []string{"app      OK"}},
+		{name: "deploys paused", args: func(a string) []string { return []string{"-addr", a} }, code: 200,
+			body:     strings.Replace(healthy, `"daemon": {`, `"daemon": {"deploys_paused": "deploys paused: the state file cannot be read",`, 1),
+			wantExit: 1, errHas: "deploys paused: the state file cannot be read"},
 		{name: "port from the config", args: func(a string) []string {
 			_, port, _ := strings.Cut(a, ":")
 			return []string{"-config", writeConfig(t, t.TempDir(), "config.json", fmt.Sprintf(`{"api": {"port": %q},

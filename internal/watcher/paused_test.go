@@ -125,6 +125,11 @@ func TestBlockedDigestSurvivesDamagedState(t *testing.T) {
 			if got := metric(t, h.metrics, "watcher_deploys_paused"); got != "1" {
 				t.Errorf("watcher_deploys_paused = %q, want 1", got)
 			}
+			var st Status
+			decodeJSON(t, serve(api, "GET", "/status"), 200, &st)
+			if !strings.Contains(st.Daemon.DeploysPaused, "deploys paused") {
+				t.Errorf("GET /status daemon.deploys_paused = %q, want the reason", st.Daemon.DeploysPaused)
+			}
 			if n := w.count("pull"); n != pulls {
 				t.Fatalf("%d pulls while paused, want %d", n, pulls)
 			}

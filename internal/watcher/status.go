@@ -28,6 +28,9 @@ type DaemonStatus struct {
 	PollIntervalSeconds float64    `json:"poll_interval_seconds"`
 	LastPoll            *time.Time `json:"last_poll"`
 	Now                 time.Time  `json:"now"`
+	// DeploysPaused, when set, says why deploys are paused (the state
+	// file cannot be read; see GET /health).
+	DeploysPaused string `json:"deploys_paused,omitempty"`
 }
 
 // ServiceStatus is everything known about one service.
@@ -181,6 +184,7 @@ func (a *API) buildStatus(now time.Time) Status {
 	if a.engine != nil {
 		st.Daemon.Engine, st.Daemon.EngineAPI = a.engine.EngineVersion()
 	}
+	st.Daemon.DeploysPaused, _ = a.updater.DeploysPaused()
 	var nextPoll *time.Time
 	if last := a.seen.LastPoll(); !last.IsZero() {
 		// Polls tick every interval; a poll ends shortly after its tick.
