@@ -38,7 +38,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	asJSON := fs.Bool("json", false, "print the JSON of GET /status instead of a table")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for the daemon")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: dockward status [-config PATH | -addr HOST:PORT] [-json]\n\nExit status: 0 all services fine, 1 a service is blocked, unhealthy or gave up, 2 the daemon could not be asked.\n\n")
+		fmt.Fprintf(stderr, "usage: dockward status [-config PATH | -addr HOST:PORT] [-json]\n\nExit status: 0 all services fine, 1 deploys are paused or a service is blocked, unhealthy or gave up, 2 the daemon could not be asked.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -130,6 +130,9 @@ func printStatus(w io.Writer, st watcher.Status) error {
 		human(time.Duration(d.UptimeSeconds*float64(time.Second))), engine, d.Compose, lastPoll,
 		human(time.Duration(d.PollIntervalSeconds*float64(time.Second))))
 
+	if d.DeploysPaused != "" {
+		fmt.Fprintf(w, "DEPLOYS ARE PAUSED: %s\n\n", d.DeploysPaused)
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERVICE\tSTATE\tRUNNING\tREGISTRY\tLAST DEPLOY\tBLOCKED\tHEAL\tNEXT POLL")
 	var notes []string

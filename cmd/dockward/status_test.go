@@ -61,7 +61,7 @@ func TestStatusCommand(t *testing.T) {
 			wantExit: 0, outHas: []string{"app      OK"}},
 		{name: "deploys paused", args: func(a string) []string { return []string{"-addr", a} }, code: 200,
 			body:     strings.Replace(healthy, `"daemon": {`, `"daemon": {"deploys_paused": "deploys paused: the state file cannot be read",`, 1),
-			wantExit: 1, errHas: "deploys paused: the state file cannot be read"},
+			wantExit: 1, errHas: "deploys paused: the state file cannot be read", outHas: []string{"DEPLOYS ARE PAUSED: deploys paused: the state file cannot be read"}},
 		{name: "port from the config", args: func(a string) []string {
 			_, port, _ := strings.Cut(a, ":")
 			return []string{"-config", writeConfig(t, t.TempDir(), "config.json", fmt.Sprintf(`{"api": {"port": %q},

@@ -145,7 +145,7 @@ const pageTemplate = `<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="refresh" content="{{.Refresh}}">
-<title>{{if .Attention}}({{.Attention}}) {{end}}Dockward status</title>
+<title>{{if .Status.Daemon.DeploysPaused}}(paused) {{end}}{{if .Attention}}({{.Attention}}) {{end}}Dockward status</title>
 <style>
 :root { --fg: #1f2328; --muted: #59636e; --bg: #fff; --line: #d1d9e0; --head: #f6f8fa;
   --ok: #1a7f37; --warn: #9a6700; --bad: #cf222e; --busy: #0969da; --idle: #59636e; }
@@ -177,6 +177,7 @@ code { font: .9em ui-monospace, SFMono-Regular, Menlo, monospace; }
 .badge.s-blocked, .badge.s-unhealthy, .badge.s-gave_up, .badge.s-rollback_failed { background: var(--bad); }
 .none { color: var(--muted); }
 footer { margin-top: 1rem; color: var(--muted); }
+.paused { border-left: 6px solid var(--bad); padding: .5rem .75rem; background: var(--head); overflow-wrap: anywhere; }
 a { color: var(--busy); }
 @media (max-width: 760px) {
   body { padding: .5rem; }
@@ -205,6 +206,7 @@ a { color: var(--busy); }
 <span>last poll {{with .LastPoll}}<time datetime="{{stamp .}}" title="{{stamp .}}">{{$.Ago .}}</time>{{else}}none yet{{end}}</span>
 <span>poll every {{dur .PollIntervalSeconds}}</span>
 </p>{{end}}
+{{with .Status.Daemon.DeploysPaused}}<p class="paused"><b>Deploys are paused:</b> {{.}}</p>{{end}}
 <ul class="counts" aria-label="services by state">
 <li>{{len .Status.Services}} services{{if .Attention}}, <b>{{.Attention}} need attention</b>{{end}}:</li>
 {{range .Counts}}<li><span class="badge s-{{.State}}">{{.N}} {{words .State}}</span></li>

@@ -340,3 +340,18 @@ func BenchmarkPage50(b *testing.B) {
 		}
 	}
 }
+
+// TestPagePaused: with a state file nothing can read, the page says deploys
+// are paused, in a banner and in its title.
+func TestPagePaused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	store := openStoreFiles(t, path, storeFiles{"garbage", "-"})
+	w := newWorld()
+	w.addProject("app", digestA, behaveHealthy)
+	h := newHarnessWithStore(t, w, store, svc("app", true))
+	api := NewAPI(APIDeps{Updater: h.u, Metrics: h.metrics, Store: store, Logger: h.logger, Version: "test"})
+	page := serve(api, "GET", "/").Body.String()
+	if !strings.Contains(page, `<p class="paused"><b>Deploys are paused:</b> `) || !strings.Contains(page, "<title>(paused) ") {
+		t.Errorf("the page does not say deploys are paused:\n%s", page)
+	}
+}
