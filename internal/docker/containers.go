@@ -96,6 +96,7 @@ type ContainerDetails struct {
 	RestartCount   int
 	HasHealthcheck bool   // a healthcheck is configured and not disabled
 	Service        string // the com.docker.compose.service label
+	RestartPolicy  string // "no" (or ""), "always", "unless-stopped", "on-failure"
 }
 
 // ContainerState is the engine's State object; the fields carry the engine's
@@ -159,6 +160,9 @@ func (c *Client) InspectContainer(ctx context.Context, id string) (ContainerDeta
 			Labels      map[string]string
 			Healthcheck *struct{ Test []string }
 		}
+		HostConfig struct {
+			RestartPolicy struct{ Name string }
+		}
 	}
 	if err := c.call(ctx, req, 0, &raw); err != nil {
 		return ContainerDetails{}, err
@@ -174,6 +178,7 @@ func (c *Client) InspectContainer(ctx context.Context, id string) (ContainerDeta
 		RestartCount:   raw.RestartCount,
 		HasHealthcheck: hc != nil && len(hc.Test) > 0 && hc.Test[0] != "NONE",
 		Service:        raw.Config.Labels[LabelService],
+		RestartPolicy:  raw.HostConfig.RestartPolicy.Name,
 	}, nil
 }
 

@@ -144,6 +144,7 @@ func TestInspectContainer(t *testing.T) {
 				RestartCount:   2,
 				HasHealthcheck: true,
 				Service:        "web",
+				RestartPolicy:  "unless-stopped",
 			},
 		},
 		{
@@ -167,7 +168,8 @@ func TestInspectContainer(t *testing.T) {
 					StartedAt:  mustTime(t, "2026-11-26T01:50:12.004417393Z"),
 					FinishedAt: mustTime(t, "2026-11-26T01:54:40.662105377Z"),
 				},
-				Service: "worker",
+				Service:       "worker",
+				RestartPolicy: "unless-stopped",
 			},
 		},
 		{
@@ -181,8 +183,9 @@ func TestInspectContainer(t *testing.T) {
 					"com.docker.compose.project": "shop",
 					"com.docker.compose.service": "db",
 				},
-				State:   ContainerState{Status: "created"}, // 0001-01-01T00:00:00Z is the zero time
-				Service: "db",
+				State:         ContainerState{Status: "created"}, // 0001-01-01T00:00:00Z is the zero time
+				Service:       "db",
+				RestartPolicy: "unless-stopped",
 			},
 		},
 	}

@@ -649,7 +649,7 @@ func (d *deployment) verify(ctx context.Context) (bool, string, error) {
 			mine, others := d.split(relevant(containers, s.ref.Local()))
 			v, reason := evaluate(mine, baseline, atDeadline)
 			if v != failed {
-				if why := stoppedOthers(others, othersRunning); why != "" {
+				if why := stoppedOthers(others, othersRunning, atDeadline); why != "" {
 					v, reason = failed, why
 				}
 			}
@@ -681,7 +681,9 @@ func (d *deployment) split(cs []docker.ContainerDetails) (mine, others []docker.
 
 // stoppedOthers names a container outside the deploy's scope that was
 // running when first seen and is not any more. wasRunning is filled in.
-func stoppedOthers(others []docker.ContainerDetails, wasRunning map[string]bool) string {
+// Before the deadline, one that the engine starts again by itself (its
+// restart policy) is not named: the engine may be restarting.
+func stoppedOthers(others []docker.ContainerDetails, wasRunning map[string]bool, atDeadline bool) string {
 	for _, c := range others {
 		running := c.State.Running || c.State.Restarting
 		seen, ok := wasRunning[c.ID]
@@ -689,7 +691,7 @@ func stoppedOthers(others []docker.ContainerDetails, wasRunning map[string]bool)
 			wasRunning[c.ID] = running
 			continue
 		}
-		if seen && !running {
+		if seen && !running && (atDeadline || !startedAgainByEngine(c)) {
 			return fmt.Sprintf("container %s of service %s, outside the deploy, stopped during it (%s, exit code %d)",
 				c.Name, orUnknown(c.Labels[docker.LabelService]), orUnknown(c.State.Status), c.State.ExitCode)
 		}

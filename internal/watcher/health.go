@@ -33,7 +33,12 @@ func (v verdict) String() string {
 //   - a container with a healthcheck must reach "healthy"; "unhealthy" fails at
 //     once; "starting" at the deadline fails;
 //   - a container without a healthcheck passes only by staying up until the
-//     deadline.
+//     deadline;
+//   - a container that stopped but that its restart policy (always,
+//     unless-stopped) starts again is awaited until the deadline: the engine
+//     stops every container before it exits, while it still answers, so that
+//     is what an engine restart looks like at first; the engine then goes
+//     away, and the deploy waits for it and judges what runs once it is back.
 //
 // baseline holds the restart count first seen for each container ID and is
 // filled in by evaluate. The reason explains a failure, or what is awaited.
@@ -47,7 +52,7 @@ func evaluate(containers []docker.ContainerDetails, baseline map[string]int, atD
 	sorted := append([]docker.ContainerDetails(nil), containers...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
 
-	var waiting []string
+	var waiting, down []string
 	needFullGrace := false
 	for _, c := range sorted {
 		first, seen := baseline[c.ID]
@@ -60,6 +65,9 @@ func evaluate(containers []docker.ContainerDetails, baseline map[string]int, atD
 		case st.Restarting || c.RestartCount > first:
 			return failed, fmt.Sprintf("container %s is crash-looping (restarted %d times, last exit code %d)%s",
 				c.Name, c.RestartCount-first, st.ExitCode, lastOutput(st))
+		case !st.Running && !atDeadline && startedAgainByEngine(c):
+			down = append(down, c.Name)
+			continue
 		case !st.Running:
 			reason := fmt.Sprintf("container %s is %s (exit code %d", c.Name, orUnknown(st.Status), st.ExitCode)
 			if st.OOMKilled {
@@ -83,6 +91,8 @@ func evaluate(containers []docker.ContainerDetails, baseline map[string]int, atD
 		}
 	}
 	switch {
+	case len(down) > 0:
+		return pending, "stopped, and started again by its restart policy (is the engine restarting?): " + strings.Join(down, ", ")
 	case len(waiting) > 0 && atDeadline:
 		return failed, fmt.Sprintf("still starting at the deadline: %s%s", strings.Join(waiting, ", "), lastOutputOf(sorted, waiting[0]))
 	case len(waiting) > 0:
@@ -91,6 +101,13 @@ func evaluate(containers []docker.ContainerDetails, baseline map[string]int, atD
 		return pending, "no healthcheck: must stay running for the whole grace period"
 	}
 	return healthy, "all containers running and healthy"
+}
+
+// startedAgainByEngine reports whether the engine starts a stopped
+// container again by itself: when it starts, for a container that it
+// stopped on its way down.
+func startedAgainByEngine(c docker.ContainerDetails) bool {
+	return !c.State.Dead && (c.RestartPolicy == "always" || c.RestartPolicy == "unless-stopped")
 }
 
 func lastOutput(st docker.ContainerState) string {
