@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -199,7 +200,10 @@ func watchEvents(t *testing.T, words ...string) *eventWatch {
 	t.Helper()
 	w := &eventWatch{t: t, words: words}
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, "docker", "events", "--format", "{{json .}}")
+	// --since: the events between the start of the CLI and its
+	// subscription are replayed, the first marker's included.
+	since := strconv.FormatInt(time.Now().Add(-time.Second).Unix(), 10)
+	cmd := exec.CommandContext(ctx, "docker", "events", "--since", since, "--format", "{{json .}}")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -244,14 +248,20 @@ const markerPrefix = "dwe2e-marker-"
 
 // sync waits until every event of the shared engine up to now has been
 // read: events come in order, so once a marker (a volume created and
-// removed) arrives, so have all before it.
+// removed) arrives, so have all before it. A busy engine gets a new marker
+// every 10 seconds.
 func (w *eventWatch) sync() {
 	w.t.Helper()
-	marker := fmt.Sprintf("%s%08x", markerPrefix, rand.Uint32())
-	docker(w.t, "volume", "create", marker)
-	docker(w.t, "volume", "rm", marker)
-	deadline := time.Now().Add(60 * time.Second)
+	var marker string
+	var sent time.Time
+	deadline := time.Now().Add(90 * time.Second)
 	for {
+		if time.Since(sent) > 10*time.Second {
+			marker = fmt.Sprintf("%s%08x", markerPrefix, rand.Uint32())
+			docker(w.t, "volume", "create", marker)
+			docker(w.t, "volume", "rm", marker)
+			sent = time.Now()
+		}
 		w.mu.Lock()
 		n := 0
 		for _, l := range w.markers {
@@ -264,7 +274,7 @@ func (w *eventWatch) sync() {
 			return
 		}
 		if time.Now().After(deadline) {
-			w.t.Fatalf("docker events of the shared engine: marker %s not seen within 60s", marker)
+			w.t.Fatalf("docker events of the shared engine: no marker seen within 90s (the last: %s)", marker)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
