@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dockward/dockward/internal/registry/registrytest"
 	"github.com/dockward/dockward/internal/state"
 )
 
@@ -616,4 +617,59 @@ func TestUnitWatchdogInMachine(t *testing.T) {
 	if at := s.startedAt(id); at != startedAt {
 		t.Errorf("the container was restarted inside the heal cooldown after dockward's restart")
 	}
+}
+
+// Registry credentials through LoadCredential=: the password stays in a
+// root-only file that systemd hands to dockward alone under
+// $CREDENTIALS_DIRECTORY. The digest check and compose's pull (the image is
+// removed from the engine first) both authenticate with it, compose's
+// config.json lives in the unit's RuntimeDirectory, and the password is in
+// no journal record.
+func TestUnitCredentialsInMachine(t *testing.T) {
+	t.Parallel()
+	const user, password = "deployer", "loadcredential-pa55-never-logged"
+	reg := registrytest.StartWith(t, registrytest.Options{Htpasswd: registrytest.Htpasswd(t, t.TempDir(), user, password)})
+	s := newScenarioAt(t, "sdcreds", reg.URL)
+	s.pollInterval = 3600
+	s.dockerEnv = []string{"DOCKER_CONFIG=" + dockerLogin(t, reg.Host, user, password)}
+	s.registryCfg = map[string]any{"username": user, "password_file": "$CREDENTIALS_DIRECTORY/registry-password"}
+	s.push(healthyImage)
+	s.up()
+	m := bootScenarioMachine(t, s)
+	m.writeFile("/etc/dockward/registry-password", []byte(password+"\n"), 0o600)
+	m.writeFile("/etc/systemd/system/dockward.service.d/credentials.conf",
+		[]byte("[Service]\nLoadCredential=registry-password:/etc/dockward/registry-password\n"), 0o644)
+	installAndStart(t, s, m, func() map[string]any { return machineConfig(s) })
+
+	access := ""
+	for _, e := range m.dockwardLines() {
+		if strings.Contains(e.Message, `msg="registry access"`) {
+			access = e.Message
+		}
+	}
+	if !strings.Contains(access, `credentials="user \"deployer\" (registry.password_file)"`) || !strings.Contains(access, "compose_docker_config=/run/dockward/docker") {
+		t.Errorf("start line %q: want the credentials from registry.password_file and compose's config in /run/dockward/docker", access)
+	}
+	if got := strings.Fields(m.must("stat", "-c", "%a", "/run/dockward/docker", "/run/dockward/docker/config.json")); !slices.Equal(got, []string{"700", "600"}) {
+		t.Errorf("modes of compose's docker config folder and file = %v, want 700 and 600", got)
+	}
+
+	v2 := s.push(healthyImage)
+	s.docker("rmi", s.ref("latest")) // so that compose must pull it, with the password
+	if r := s.trigger(); r.Outcome != "deployed" || r.Digest != v2 {
+		t.Fatalf("trigger after a push to the private registry = %+v, want deployed %s", r, v2)
+	}
+	if ok, detail := s.runs(v2); !ok {
+		t.Errorf("after the deploy: %s", detail)
+	}
+	m.must("systemctl", "stop", "dockward")
+	if out, err := m.exec("stat", "/run/dockward"); err == nil {
+		t.Errorf("/run/dockward is still there after the stop:\n%s", out)
+	}
+	// Every field of every record, of every unit.
+	m.must("journalctl", "--sync")
+	if all := m.must("journalctl", "--no-pager", "-o", "json"); strings.Contains(all, password) {
+		t.Errorf("the machine's journal holds the registry password")
+	}
+	noSecrets(t, s, password)
 }
