@@ -556,10 +556,12 @@ func TestUnitWatchdogInMachine(t *testing.T) {
 	s.waitFor(30*time.Second, "v1 to run again after the rollback", func() (bool, string) { return s.runs(v1) })
 	id := s.container()
 	docker(t, "exec", id, "/app", "-sick")
+	// The heal state is kept per container, by compose service and number.
+	const key = "app-1"
 	m.waitFor(60*time.Second, "a heal restart that leaves the container healthy", func() (bool, string) {
 		st := m.machineState().Services[s.name]
 		ok, detail := s.runs(v1)
-		return st != nil && !st.Heal.LastRestart.IsZero() && ok, fmt.Sprintf("state %+v; %s", st, detail)
+		return st != nil && !st.Containers[key].LastRestart.IsZero() && ok, fmt.Sprintf("state %+v; %s", st, detail)
 	})
 	before := m.machineState().Services[s.name]
 	if before.Blocked == nil || before.Blocked.Digest != bad {
@@ -594,8 +596,8 @@ func TestUnitWatchdogInMachine(t *testing.T) {
 
 	// What the frozen dockward wrote down is still there and in force.
 	after := m.machineState().Services[s.name]
-	if after == nil || after.Blocked == nil || after.Blocked.Digest != bad || !after.Heal.LastRestart.Equal(before.Heal.LastRestart) {
-		t.Errorf("state after the restart: %+v, want the block of %s and the heal restart of %v", after, bad, before.Heal.LastRestart)
+	if after == nil || after.Blocked == nil || after.Blocked.Digest != bad || !after.Containers[key].LastRestart.Equal(before.Containers[key].LastRestart) {
+		t.Errorf("state after the restart: %+v, want the block of %s and the heal restart of %v", after, bad, before.Containers[key].LastRestart)
 	}
 	if b := s.blocked(); b != bad {
 		t.Errorf("GET /blocked after the restart = %q, want %s", b, bad)
