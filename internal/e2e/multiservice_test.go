@@ -75,9 +75,11 @@ services:
 
 	// A good web push: web only.
 	web2 := s.push(healthyImage)
+	start := time.Now()
 	if r := s.trigger(); r.Outcome != "deployed" || r.Digest != web2 || r.Previous != web1 {
 		t.Fatalf("trigger = %+v, want deployed %s over %s", r, web2, web1)
 	}
+	t.Logf("web deploy: trigger to deployed in %v (grace %vs)", time.Since(start).Round(10*time.Millisecond), s.grace)
 	after := s.serviceContainers()
 	if after["web"] == before["web"] {
 		t.Errorf("web container %s was not recreated", after["web"])
@@ -105,9 +107,11 @@ services:
 
 	// A bad web push: rolled back, web only.
 	bad := s.push(unhealthyImage)
+	start = time.Now()
 	if r := s.trigger(); r.Outcome != "rolled_back" || r.Digest != bad {
 		t.Fatalf("trigger = %+v, want rolled back %s", r, bad)
 	}
+	t.Logf("bad web push: trigger to rolled back in %v (grace %vs)", time.Since(start).Round(10*time.Millisecond), s.grace)
 	final := s.serviceContainers()
 	for _, svc := range []string{"db", "worker"} {
 		if final[svc] != before[svc] {
