@@ -149,6 +149,7 @@ type (
 		ImageRefs() map[string]string
 		Deploying(name string) bool
 		PollInterval() time.Duration
+		DeploysPaused() (reason string, paused bool)
 	}
 	// stateSource is what is persisted; *state.Store.
 	stateSource interface {
@@ -184,7 +185,7 @@ func (a *API) buildStatus(now time.Time) Status {
 	if a.engine != nil {
 		st.Daemon.Engine, st.Daemon.EngineAPI = a.engine.EngineVersion()
 	}
-	st.Daemon.DeploysPaused, _ = a.updater.DeploysPaused()
+	st.Daemon.DeploysPaused, _ = a.services.DeploysPaused()
 	var nextPoll *time.Time
 	if last := a.seen.LastPoll(); !last.IsZero() {
 		// Polls tick every interval; a poll ends shortly after its tick.

@@ -289,11 +289,12 @@ func (f fakeServices) ImageRefs() map[string]string {
 	}
 	return out
 }
-func (f fakeServices) Deploying(string) bool        { return false }
-func (f fakeServices) PollInterval() time.Duration  { return 5 * time.Minute }
-func (f fakeState) Get(name string) state.Service   { return f[name] }
-func (f fakeSeen) Observed(name string) Observation { return f[name] }
-func (f fakeSeen) LastPoll() time.Time              { return time.Unix(1e9, 0) }
+func (f fakeServices) DeploysPaused() (string, bool) { return "", false }
+func (f fakeServices) Deploying(string) bool         { return false }
+func (f fakeServices) PollInterval() time.Duration   { return 5 * time.Minute }
+func (f fakeState) Get(name string) state.Service    { return f[name] }
+func (f fakeSeen) Observed(name string) Observation  { return f[name] }
+func (f fakeSeen) LastPoll() time.Time               { return time.Unix(1e9, 0) }
 
 // fiftyServices is an API over 50 services, every fifth one blocked.
 func fiftyServices() *API {
