@@ -380,7 +380,7 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 	metrics.SetDeploysPaused(func() bool { _, paused := store.Paused(); return paused })
 	updater, err := watcher.NewUpdater(cfg, watcher.UpdaterDeps{
 		Logger: logger, Engine: engine, Registry: reg, Compose: runner,
-		Notify: dispatcher, Store: store, Metrics: metrics,
+		Notify: dispatcher, Store: store, Metrics: metrics, Promoter: reg,
 	})
 	if err != nil {
 		return err

@@ -242,6 +242,11 @@ type Service struct {
 	HealthPollInterval Seconds  `json:"health_poll_interval"`
 	HealVerifyDelay    Seconds  `json:"heal_verify_delay"`
 	HealMaxRestarts    int      `json:"heal_max_restarts"`
+	// PromoteTag makes this host a canary: a digest that deployed healthy
+	// and stayed healthy for PromoteAfter seconds is copied in the registry
+	// to <repository>:<PromoteTag>, which the fleet's hosts watch.
+	PromoteTag   string  `json:"promote_tag,omitempty"`
+	PromoteAfter Seconds `json:"promote_after,omitempty"`
 }
 
 // Notifications lists where alerts go. Every channel is optional.
@@ -654,8 +659,41 @@ func (c *Config) Validate() error {
 		if s.HealMaxRestarts < 1 {
 			p.add(f("heal_max_restarts"), "must be at least 1, got %d", s.HealMaxRestarts)
 		}
+		s.validatePromotion(&p, f, registryHost)
 	}
 	return p.err()
+}
+
+// validatePromotion checks promote_tag and promote_after.
+func (s *Service) validatePromotion(p *problems, f func(string) string, registryHost string) {
+	switch v := float64(s.PromoteAfter); {
+	case v < 0 || math.IsNaN(v) || math.IsInf(v, 0):
+		p.add(f("promote_after"), "must be a number of seconds, 0 or more, got %v", v)
+	case v >= maxSeconds:
+		p.add(f("promote_after"), "must be less than 292 years, got %v seconds", v)
+	case v > 0 && s.PromoteTag == "":
+		p.add(f("promote_after"), "is set, but promote_tag is not")
+	}
+	if s.PromoteTag == "" {
+		return
+	}
+	if !s.AutoUpdate || s.Image == "" {
+		p.add(f("promote_tag"), "needs image and auto_update: only a digest this host deployed is promoted")
+		return
+	}
+	if registryHost == "" {
+		return
+	}
+	ref, err := registry.ParseRef(s.Image, registryHost)
+	if err != nil {
+		return // reported for image
+	}
+	switch promoted, err := registry.ParseRef(ref.Repository+":"+s.PromoteTag, registryHost); {
+	case err != nil || promoted.Tag != s.PromoteTag:
+		p.add(f("promote_tag"), "%q is not a valid tag (letters, digits, '_', '.', '-'; at most 128, not starting with '.' or '-')", s.PromoteTag)
+	case s.PromoteTag == ref.Tag:
+		p.add(f("promote_tag"), "%q is the tag this service watches; promote to another tag, which the fleet watches", s.PromoteTag)
+	}
 }
 
 // validateEvents checks the push-events token settings. Problems never

@@ -87,6 +87,8 @@ const (
 	StateRecovered  Event = "state_recovered"
 	StateUnreadable Event = "state_unreadable"
 	DeploysResumed  Event = "deploys_resumed"
+	Promoted        Event = "promoted"         // a canary promoted a digest to the fleet's tag
+	PromotionFailed Event = "promotion_failed" // a healthy digest could not be promoted
 )
 
 // Alert is one thing to tell people about.

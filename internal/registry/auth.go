@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -86,12 +87,19 @@ func scopeOf(path string) string {
 // token, so a poll is one request); a 401 is answered once: with a new
 // token, or with credentials. The caller closes the body. Transport errors
 // come back classified as ErrTimeout or ErrNetwork.
-func (c *Client) do(ctx context.Context, method, path string) (*http.Response, attempt, error) {
+func (c *Client) do(ctx context.Context, method, path string, opts ...requestOption) (*http.Response, attempt, error) {
+	var ro request
+	for _, opt := range opts {
+		opt(&ro)
+	}
 	if until := c.rateLimitedUntil(); !until.IsZero() {
 		return nil, attempt{}, &classified{class: ErrRateLimited,
 			err: fmt.Errorf("%s %s: rate limited by the registry, not asking again before %s", method, path, until.UTC().Format(time.TimeOnly))}
 	}
 	scope := scopeOf(path)
+	if ro.scope != "" {
+		scope = ro.scope
+	}
 	c.mu.Lock()
 	ch := c.auth.challenge
 	c.mu.Unlock()
@@ -103,7 +111,7 @@ func (c *Client) do(ctx context.Context, method, path string) (*http.Response, a
 			return nil, at, err
 		}
 	}
-	resp, err := c.send(ctx, method, path, authz)
+	resp, err := c.send(ctx, method, path, authz, ro)
 	if err != nil || resp.StatusCode != http.StatusUnauthorized {
 		return resp, at, err
 	}
@@ -132,18 +140,43 @@ func (c *Client) do(ctx context.Context, method, path string) (*http.Response, a
 	}
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
-	resp, err = c.send(ctx, method, path, authz)
+	resp, err = c.send(ctx, method, path, authz, ro)
 	return resp, at, err
 }
 
+// request holds what a requestOption sets: a body (sent again as is when
+// a 401 is answered), its type, and a token scope other than scopeOf's.
+type request struct {
+	body        []byte
+	contentType string
+	scope       string
+}
+
+type requestOption func(*request)
+
+// withBody sends body with the given Content-Type.
+func withBody(contentType string, body []byte) requestOption {
+	return func(r *request) { r.contentType, r.body = contentType, body }
+}
+
+// withScope asks for a token of scope instead of the pull scope of the path.
+func withScope(scope string) requestOption { return func(r *request) { r.scope = scope } }
+
 // send sends one request with the Authorization header authz (none when
 // empty), and notes a 429's back-off.
-func (c *Client) send(ctx context.Context, method, path, authz string) (*http.Response, error) {
+func (c *Client) send(ctx context.Context, method, path, authz string, ro request) (*http.Response, error) {
 	u := *c.base
 	u.Path = path
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
+	var body io.Reader
+	if ro.body != nil {
+		body = bytes.NewReader(ro.body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if ro.contentType != "" {
+		req.Header.Set("Content-Type", ro.contentType)
 	}
 	req.Header.Set("Accept", acceptManifests)
 	req.Header.Set("User-Agent", "dockward")

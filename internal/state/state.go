@@ -60,6 +60,18 @@ type Service struct {
 	Deploy     *Deploy         `json:"deploy,omitempty"`
 	// LastDeploy is the verdict of the last deploy, kept for GET /status.
 	LastDeploy *DeployResult `json:"last_deploy,omitempty"`
+	// Promotion is a canary promotion waiting for the end of its soak.
+	Promotion *Promotion `json:"promotion,omitempty"`
+}
+
+// Promotion is a verified digest that is copied to Tag in the registry
+// once it has stayed healthy until NotBefore. It is kept across restarts
+// and dropped when it is done or cancelled.
+type Promotion struct {
+	Digest    string    `json:"digest"`
+	Tag       string    `json:"tag"`
+	Verified  time.Time `json:"verified"`   // the deploy's verdict; the soak starts
+	NotBefore time.Time `json:"not_before"` // the end of the soak
 }
 
 // Block records a digest that failed verification and must not be deployed again.
@@ -620,11 +632,15 @@ func (s *Service) clone() Service {
 		c.LastDeploy = &r
 	}
 	c.Containers = maps.Clone(s.Containers)
+	if s.Promotion != nil {
+		p := *s.Promotion
+		c.Promotion = &p
+	}
 	return c
 }
 
 func (s Service) isZero() bool {
-	return s.Blocked == nil && s.Deploy == nil && s.LastDeploy == nil && s.Heal == Heal{} && len(s.Containers) == 0
+	return s.Blocked == nil && s.Deploy == nil && s.LastDeploy == nil && s.Heal == Heal{} && len(s.Containers) == 0 && s.Promotion == nil
 }
 
 // Reset makes the paused state at path usable again, for an operator who

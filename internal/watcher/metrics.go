@@ -38,6 +38,7 @@ type Metrics struct {
 
 type serviceMetrics struct {
 	updates, rollbacks, restarts, failures uint64
+	promotions                             uint64
 	healthy, blocked, gaveUp               *bool // nil until known
 	registryErrors                         map[string]uint64
 	deployCount                            uint64
@@ -107,6 +108,9 @@ func (m *Metrics) Rollback(name string) { m.with(name, func(s *serviceMetrics) {
 
 // Restart counts an auto-heal restart.
 func (m *Metrics) Restart(name string) { m.with(name, func(s *serviceMetrics) { s.restarts++ }) }
+
+// Promoted counts a canary promotion.
+func (m *Metrics) Promoted(name string) { m.with(name, func(s *serviceMetrics) { s.promotions++ }) }
 
 // Failure counts a critical failure.
 func (m *Metrics) Failure(name string) { m.with(name, func(s *serviceMetrics) { s.failures++ }) }
@@ -203,6 +207,7 @@ func (m *Metrics) WriteTo(w io.Writer, now time.Time) error {
 	counter("watcher_rollbacks_total", "Rollbacks after failed updates.", func(s *serviceMetrics) uint64 { return s.rollbacks })
 	counter("watcher_restarts_total", "Auto-heal restarts.", func(s *serviceMetrics) uint64 { return s.restarts })
 	counter("watcher_failures_total", "Critical failures (rollback failed, heal failed, crash).", func(s *serviceMetrics) uint64 { return s.failures })
+	counter("watcher_promotions_total", "Digests this canary promoted to the fleet's tag after their soak.", func(s *serviceMetrics) uint64 { return s.promotions })
 	gauge("watcher_service_healthy", "1 if the service has containers and every one runs and none is unhealthy (one-off containers and finished jobs aside), 0 if not.", func(s *serviceMetrics) *bool { return s.healthy })
 	gauge("watcher_service_blocked", "1 if a digest is blocked after a rollback, 0 if not.", func(s *serviceMetrics) *bool { return s.blocked })
 	gauge("watcher_heal_gave_up", "1 if auto-heal gave up restarting a container of the service, 0 if not.", func(s *serviceMetrics) *bool { return s.gaveUp })

@@ -47,6 +47,8 @@ func sampleMetrics() *Metrics {
 	m.SetHealthy("api", false)
 	m.SetBlocked("api", true)
 
+	m.Promoted("web")
+
 	m.RegistryEvent("push", "scheduled")
 	m.RegistryEvent("push", "ignored")
 	m.RegistryEvent("pull", "ignored")

@@ -72,14 +72,25 @@ func (u *Updater) Schedule(name, expect string) error {
 	return nil
 }
 
-// released is called each time a service's guard is released, so that a
-// check asked for while the guard was held starts now.
-func (u *Updater) released(name string) {
+// released is called each time a guard is released, so that a check asked
+// for while the guard was held starts now. Every service that shares the
+// guard (it is the compose project's) is looked at.
+func (u *Updater) released(g *guard) {
+	u.mu.Lock()
+	var names []string
+	for name, s := range u.services {
+		if s.guard == g {
+			names = append(names, name)
+		}
+	}
+	u.mu.Unlock()
 	u.sched.mu.Lock()
 	defer u.sched.mu.Unlock()
-	if u.sched.wanted[name] && !u.sched.active[name] {
-		u.sched.active[name] = true
-		go u.runScheduled(name)
+	for _, name := range names {
+		if u.sched.wanted[name] && !u.sched.active[name] {
+			u.sched.active[name] = true
+			go u.runScheduled(name)
+		}
 	}
 }
 

@@ -139,6 +139,9 @@ type UpdaterDeps struct {
 	// EngineWait bounds how long a deploy waits for an engine that does not
 	// answer; 10 minutes when zero.
 	EngineWait time.Duration
+	// Promoter copies a canary's verified digest to its promote_tag
+	// (promote.go); nil when no service promotes.
+	Promoter promoter
 }
 
 // Updater polls the registry and deploys new digests, one check or deploy
@@ -153,6 +156,7 @@ type Updater struct {
 	store    *state.Store
 	metrics  *Metrics
 	now      func() time.Time
+	promoter promoter
 
 	engineWait     time.Duration
 	engineRetryMin time.Duration
@@ -190,6 +194,7 @@ func NewUpdater(cfg *config.Config, deps UpdaterDeps) (*Updater, error) {
 		metrics:        deps.Metrics,
 		now:            deps.Now,
 		engineWait:     deps.EngineWait,
+		promoter:       deps.Promoter,
 		engineRetryMin: defaultEngineRetryMin,
 		engineRetryMax: defaultEngineRetryMax,
 		services:       map[string]*service{},
@@ -344,7 +349,7 @@ func (u *Updater) acquire(name string) (*service, error) {
 
 func (u *Updater) release(s *service) {
 	s.guard.busy.Store(false)
-	u.released(s.cfg.Name)
+	u.released(s.guard)
 	u.inflight.Done()
 }
 
@@ -409,6 +414,7 @@ func (u *Updater) Resume(ctx context.Context) {
 	if !u.resumed.CompareAndSwap(false, true) {
 		return
 	}
+	u.resumePromotions()
 	for _, name := range u.Services() {
 		rec := u.store.Get(name).Deploy
 		if rec == nil {
@@ -597,9 +603,10 @@ func (u *Updater) report(r Result, image string) {
 		u.metrics.Update(name)
 		log.Info("deploy finished", "outcome", r.Outcome, "digest", r.Digest, "previous", r.Previous, "seconds", r.Seconds,
 			"verdict", "live and healthy")
-		// A verified deploy is reported here: what follows one (a canary
-		// promotion) hooks in at this point.
 		alert(notify.UpdateSucceeded, notify.Info, fmt.Sprintf("%s: %s is live and healthy (took %.1fs)", name, short(r.Digest), r.Seconds), "")
+		if s != nil {
+			u.promoteLater(s, r.Digest) // a canary promotes it after its soak (promote.go)
+		}
 	case RolledBack:
 		verdict()
 		u.metrics.Rollback(name)
