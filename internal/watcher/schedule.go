@@ -8,9 +8,10 @@ import (
 
 // hintRetries bounds how often a scheduled check is repeated while the
 // registry still shows the running digest although the request announced
-// another one. Distribution 2.x sends a push event before it moves the tag,
-// so the first check can come too early. The waits double from hintDelay:
-// 0.2 + 0.4 + … + 3.2 s.
+// another one, or the check failed (a registry or engine hiccup).
+// Distribution 2.x sends a push event before it moves the tag, so the
+// first check can come too early. The waits double from hintDelay:
+// 0.2 + 0.4 + … + 3.2 s. Polling stays the safety net after that.
 const (
 	hintRetries = 5
 	hintDelay   = 200 * time.Millisecond
@@ -143,15 +144,17 @@ func (u *Updater) runScheduled(name string) {
 		if expect != retried {
 			retries, retried = 0, expect
 		}
-		if expect == "" || res.Outcome != UpToDate || res.Digest == expect || retries >= hintRetries {
+		early := res.Outcome == UpToDate && res.Digest != expect
+		if expect == "" || !(early || res.Outcome == CheckFailed) || retries >= hintRetries {
 			continue
 		}
-		// The registry does not show the announced digest yet: look
-		// again shortly, unless a new request comes first.
+		// The registry does not show the announced digest yet, or the
+		// check failed: look again shortly, unless a new request comes
+		// first.
 		wait := hintDelay << retries
 		retries++
-		u.logger.Debug("the registry does not show the pushed digest yet; checking again", "service", name,
-			"registry", res.Digest, "pushed", expect, "in", wait)
+		u.logger.Debug("the pushed digest is not deployed yet; checking again", "service", name,
+			"outcome", res.Outcome, "registry", res.Digest, "pushed", expect, "in", wait, "reason", res.Reason)
 		timer := time.NewTimer(wait)
 		select {
 		case <-timer.C:

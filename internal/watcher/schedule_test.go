@@ -3,9 +3,12 @@ package watcher
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/dockward/dockward/internal/registry"
 )
 
 func TestScheduleChecksAtOnce(t *testing.T) {
@@ -237,4 +240,34 @@ func TestScheduleWaitsForAnnouncedDigest(t *testing.T) {
 			})
 		})
 	}
+}
+
+// A check asked for by a push event that fails (a registry hiccup) is
+// tried again within seconds instead of waiting for the next poll.
+func TestScheduleRetriesFailedCheck(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld()
+		w.addProject("app", digestA, behaveHealthy)
+		h := newHarness(t, w, svc("app", true))
+		w.push("app", digestB, behaveHealthy)
+		read := w.registry.digest
+		w.registry.digest = func(ctx context.Context, repository, tag string) (string, error) {
+			if w.count("digest") < 2 {
+				w.record("digest %s:%s", repository, tag)
+				return "", fmt.Errorf("HEAD /v2/app/manifests/latest: %w", registry.ErrTimeout)
+			}
+			return read(ctx, repository, tag)
+		}
+		if err := h.u.Schedule("app", digestB); err != nil {
+			t.Fatalf("Schedule = %v", err)
+		}
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		if n := w.count("digest app:latest"); n != 3 {
+			t.Errorf("%d registry reads, want 3 (two failed)", n)
+		}
+		if got := w.running("app"); got != w.imageOf(digestB) {
+			t.Errorf("running %s, want the image of %s", got, digestB)
+		}
+	})
 }
