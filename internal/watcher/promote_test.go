@@ -290,3 +290,27 @@ func (w *world) replace(project string) {
 	c := w.containers[project][0]
 	w.containers[project][0] = w.containerLocked(project, c.service, c.image, c.imageID)
 }
+
+// GET /status shows a pending promotion, and no longer once it is done.
+func TestPromotionInStatus(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld()
+		w.addProject("app", digestA, behaveHealthy)
+		w.push("app", digestB, behaveHealthy)
+		h, _ := canary(t, w, nil)
+		api := NewAPI(APIDeps{Updater: h.u, Metrics: h.metrics, Store: h.store, Logger: h.logger, Version: "test"})
+		h.trigger(t, "app")
+		var st Status
+		decodeJSON(t, serve(api, "GET", "/status"), 200, &st)
+		if len(st.Services) != 1 || st.Services[0].Promotion == nil ||
+			st.Services[0].Promotion.Digest != digestB || st.Services[0].Promotion.Tag != "stable" {
+			t.Fatalf("status during the soak = %+v, want a pending promotion of %s to stable", st.Services, digestB)
+		}
+		time.Sleep(soak + 10*time.Second)
+		synctest.Wait()
+		decodeJSON(t, serve(api, "GET", "/status"), 200, &st)
+		if st.Services[0].Promotion != nil {
+			t.Errorf("status after the promotion shows %+v", st.Services[0].Promotion)
+		}
+	})
+}

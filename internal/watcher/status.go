@@ -106,7 +106,7 @@ type ContainerHeal struct {
 }
 
 // PromotionStatus is a promotion of a verified digest to another tag that
-// waits for its soak time. Nothing fills it yet.
+// waits for its soak time (promote.go).
 type PromotionStatus struct {
 	Tag    string    `json:"tag"`
 	Digest string    `json:"digest"`
@@ -210,6 +210,9 @@ func (a *API) buildStatus(now time.Time) Status {
 		}
 		if b := stored.Blocked; b != nil {
 			s.Blocked = &BlockStatus{Digest: b.Digest, Since: b.Since.UTC(), Reason: b.Reason}
+		}
+		if p := stored.Promotion; p != nil {
+			s.Promotion = &PromotionStatus{Tag: p.Tag, Digest: p.Digest, Due: p.NotBefore.UTC()}
 		}
 		if d := stored.LastDeploy; d != nil {
 			s.LastDeploy = &DeployStatus{Digest: d.Digest, Previous: d.Previous, Outcome: d.Outcome,
