@@ -551,6 +551,14 @@ func TestReadAfterVerificationFails(t *testing.T) {
 			if got, want := w.events(), []notify.Event{notify.UpdateStarted, notify.UpdateFailed}; !slices.Equal(got, want) {
 				t.Errorf("alerts = %v, want %v", got, want)
 			}
+			// The next attempt resumes it; while it still cannot be judged,
+			// no new alert.
+			if res := h.trigger(t, "app"); res.Outcome != NoVerdict {
+				t.Errorf("second Trigger(app) = %+v, want %s", res, NoVerdict)
+			}
+			if n := len(w.Alerts()); n != 2 {
+				t.Errorf("alerts = %v, want no new one", w.events())
+			}
 		})
 	})
 	t.Run("after pull", func(t *testing.T) {
@@ -645,6 +653,45 @@ func TestScope(t *testing.T) {
 			want := []string{"digest app:latest", "tag sha256:img1 " + appRollback, "pull app web web-eu", "up app --no-deps web web-eu"}
 			if got := w.Calls(); !slices.Equal(got, want) {
 				t.Errorf("calls = %q, want %q", got, want)
+			}
+		})
+	})
+	t.Run("compose_files and env_file", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			w := newWorld()
+			w.addProject("app", digestA, behaveHealthy)
+			w.push("app", digestB, behaveHealthy)
+			cfg := svc("app", true)
+			cfg.ComposeFile = ""
+			cfg.ComposeFiles = []string{"/srv/app/compose.yml", "/srv/app/compose.prod.yml"}
+			cfg.EnvFile = "/srv/app/prod.env"
+			h := newHarness(t, w, cfg)
+			var got []compose.Project
+			var mu sync.Mutex
+			c := *w.compose
+			w.compose.pull = func(ctx context.Context, p compose.Project, services ...string) error {
+				mu.Lock()
+				got = append(got, p)
+				mu.Unlock()
+				return c.pull(ctx, p, services...)
+			}
+			w.compose.up = func(ctx context.Context, p compose.Project, opts compose.UpOptions) error {
+				mu.Lock()
+				got = append(got, p)
+				mu.Unlock()
+				return c.up(ctx, p, opts)
+			}
+			if res := h.trigger(t, "app"); res.Outcome != Deployed {
+				t.Errorf("Trigger(app) = %+v, want %s", res, Deployed)
+			}
+			want := compose.Project{Name: "app", Files: cfg.ComposeFiles, EnvFile: cfg.EnvFile}
+			if len(got) != 2 {
+				t.Fatalf("compose ran %d times, want a pull and an up", len(got))
+			}
+			for _, p := range got {
+				if p.Name != want.Name || !slices.Equal(p.Files, want.Files) || p.EnvFile != want.EnvFile {
+					t.Errorf("compose project = %+v, want %+v", p, want)
+				}
 			}
 		})
 	})

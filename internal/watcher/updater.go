@@ -122,8 +122,10 @@ type guard struct {
 	lastCheckError string
 	lastPullError  string
 	// engineAlerted is set once the engine's absence was alerted, so that
-	// a long outage is one alert, not one per poll.
-	engineAlerted bool
+	// a long outage is one alert, not one per poll; noVerdictAlerted plays
+	// the same part for a deploy that cannot be judged. A verdict clears both.
+	engineAlerted    bool
+	noVerdictAlerted bool
 }
 
 // UpdaterDeps are the parts the updater works with.
@@ -590,7 +592,7 @@ func (u *Updater) report(r Result, image string) {
 	verdict := func() {
 		u.metrics.DeployDuration(name, time.Duration(r.Seconds*float64(time.Second)))
 		if s != nil {
-			s.guard.engineAlerted = false
+			s.guard.engineAlerted, s.guard.noVerdictAlerted = false, false
 		}
 	}
 	switch r.Outcome {
@@ -632,8 +634,11 @@ func (u *Updater) report(r Result, image string) {
 		}
 	case NoVerdict:
 		log.Error("deploy could not be judged; nothing blocked; the next poll resumes it", "digest", r.Digest, "reason", r.Reason)
-		alert(notify.UpdateFailed, notify.Warning,
-			fmt.Sprintf("%s: the deploy of %s could not be judged; the next poll resumes it", name, short(r.Digest)), r.Reason)
+		if s != nil && !s.guard.noVerdictAlerted {
+			s.guard.noVerdictAlerted = true
+			alert(notify.UpdateFailed, notify.Warning,
+				fmt.Sprintf("%s: the deploy of %s could not be judged; the next poll resumes it", name, short(r.Digest)), r.Reason)
+		}
 	}
 }
 
