@@ -386,7 +386,7 @@ func serve(ctx context.Context, cfg *config.Config, configPath string, getenv fu
 		return err
 	}
 	healer := watcher.NewHealer(cfg, watcher.HealerDeps{
-		Logger: logger, Engine: engine, Guard: updater,
+		Logger: logger, Engine: engine, Guard: updater, Observer: updater,
 		Notify: dispatcher, Store: store, Metrics: metrics,
 	})
 

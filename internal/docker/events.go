@@ -38,11 +38,14 @@ func (e Event) HealthStatus() (status string, ok bool) {
 // A non-zero since replays events from that second on, so an event may be
 // seen again after a reconnect.
 //
+// opened, when not nil, is called once the engine has answered and the
+// stream is open: from then on a change is seen as an event.
+//
 // Events runs until ctx is done, returning ctx's error wrapped, or until the
 // stream ends or breaks, returning an error: the engine closing the stream
 // is an error so that the caller reconnects. Only reaching the engine and
 // its response headers are bounded by the client's timeout.
-func (c *Client) Events(ctx context.Context, filters map[string][]string, since time.Time, fn func(Event)) error {
+func (c *Client) Events(ctx context.Context, filters map[string][]string, since time.Time, opened func(), fn func(Event)) error {
 	const op = "watch docker events"
 	query := url.Values{}
 	if len(filters) > 0 {
@@ -76,6 +79,9 @@ func (c *Client) Events(ctx context.Context, filters map[string][]string, since 
 		return err
 	}
 	defer resp.Body.Close()
+	if opened != nil {
+		opened()
+	}
 
 	err = decodeEvents(resp.Body, fn)
 	if ctx.Err() != nil {

@@ -43,7 +43,7 @@ func TestEvents(t *testing.T) {
 		"label": {"com.docker.compose.project=shop"},
 	}
 	var got []Event
-	err := c.Events(t.Context(), filters, time.Unix(1764117600, 500), func(ev Event) { got = append(got, ev) })
+	err := c.Events(t.Context(), filters, time.Unix(1764117600, 500), nil, func(ev Event) { got = append(got, ev) })
 	if !errors.Is(err, errStreamClosed) || err.Error() != "watch docker events: event stream closed" {
 		t.Errorf("Events() = %v, want %q", err, "watch docker events: event stream closed")
 	}
@@ -101,7 +101,7 @@ func TestEvents(t *testing.T) {
 
 func TestEventsWithoutFiltersOrSince(t *testing.T) {
 	c, e := newEngine(t, "1.41", map[string]http.HandlerFunc{"GET /events": streamEvents(nil, false)})
-	err := c.Events(t.Context(), nil, time.Time{}, func(Event) { t.Error("Events() delivered an event from an empty stream") })
+	err := c.Events(t.Context(), nil, time.Time{}, nil, func(Event) { t.Error("Events() delivered an event from an empty stream") })
 	if !errors.Is(err, errStreamClosed) {
 		t.Errorf("Events() = %v, want the stream closed", err)
 	}
@@ -127,7 +127,7 @@ func TestEventsCancel(t *testing.T) {
 			defer timer.Stop()
 
 			done := make(chan error, 1)
-			go func() { done <- c.Events(ctx, nil, time.Time{}, func(Event) {}) }()
+			go func() { done <- c.Events(ctx, nil, time.Time{}, nil, func(Event) {}) }()
 			select {
 			case err := <-done:
 				if !errors.Is(err, context.Canceled) || !strings.HasPrefix(err.Error(), "watch docker events: ") {
@@ -146,7 +146,7 @@ func TestEventsHeaderTimeout(t *testing.T) {
 	})
 	shortenTimeout(t, c, 100*time.Millisecond)
 	start := time.Now()
-	err := c.Events(t.Context(), nil, time.Time{}, func(Event) {})
+	err := c.Events(t.Context(), nil, time.Time{}, nil, func(Event) {})
 	const want = "watch docker events: no response from the engine within 100ms"
 	if err == nil || err.Error() != want {
 		t.Errorf("Events() = %v, want %q", err, want)
@@ -175,7 +175,7 @@ func TestEventsQuietStreamOutlivesCallTimeout(t *testing.T) {
 	})
 	shortenTimeout(t, c, 250*time.Millisecond)
 	n := 0
-	err := c.Events(t.Context(), nil, time.Time{}, func(Event) { n++ })
+	err := c.Events(t.Context(), nil, time.Time{}, nil, func(Event) { n++ })
 	if n != 1 || !errors.Is(err, errStreamClosed) {
 		t.Errorf("Events() delivered %d events and returned %v, want 1 and the stream closed", n, err)
 	}
@@ -199,7 +199,7 @@ func TestEventsBadStream(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c, _ := newEngine(t, "1.41", map[string]http.HandlerFunc{"GET /events": streamEvents(tt.lines, false)})
 			n := 0
-			err := c.Events(t.Context(), nil, time.Time{}, func(Event) { n++ })
+			err := c.Events(t.Context(), nil, time.Time{}, nil, func(Event) { n++ })
 			if err == nil || !strings.HasPrefix(err.Error(), tt.wantErr) || errors.Is(err, errStreamClosed) {
 				t.Errorf("Events() = %v, want %q", err, tt.wantErr)
 			}

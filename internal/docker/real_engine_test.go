@@ -72,7 +72,7 @@ func TestRealEngine(t *testing.T) {
 	// The event stream opens, stays open while quiet, and ends with ctx.
 	evCtx, evCancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer evCancel()
-	err = c.Events(evCtx, map[string][]string{"label": {"com.docker.compose.project=" + project}}, time.Time{}, func(ev Event) {
+	err = c.Events(evCtx, map[string][]string{"label": {"com.docker.compose.project=" + project}}, time.Time{}, nil, func(ev Event) {
 		t.Errorf("Events() delivered %+v for a project with no containers", ev)
 	})
 	if !errors.Is(err, context.DeadlineExceeded) {

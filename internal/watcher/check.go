@@ -95,7 +95,18 @@ func (u *Updater) check(ctx context.Context, s *service) (*plan, Result) {
 			Message: fmt.Sprintf("%s: a new digest was pushed, so the blocked digest %s is cleared", name, short(b.Digest))})
 	}
 
-	cur, err := u.current(ctx, s)
+	// What runs is known without asking the engine while its event stream
+	// reports every change; only "the registry's digest runs" is taken
+	// from memory: anything that may lead to a deploy is read afresh.
+	project := s.cfg.ComposeProject
+	cur, known := u.running.get(name, project)
+	if !known || !contains(cur.digests, remote) {
+		tok := u.running.token(project)
+		cur, err = u.current(ctx, s)
+		if err == nil {
+			u.running.put(name, project, tok, cur)
+		}
+	}
 	if err != nil {
 		log.Error("read running version", "err", err)
 		res.Outcome, res.Reason = CheckFailed, err.Error()

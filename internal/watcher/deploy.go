@@ -448,6 +448,7 @@ func (d *deployment) verdict(o Outcome, reason string) Result {
 	d.res.Seconds = d.u.now().Sub(d.started).Seconds()
 	d.u.report(d.res, d.s.ref.Local())
 	d.u.clearDeploy(d.s.cfg.Name)
+	d.u.running.forget(d.s.cfg.Name)
 	return d.res
 }
 
@@ -611,11 +612,21 @@ func (d *deployment) verify(ctx context.Context) (bool, string, error) {
 		defer t.Stop()
 		probe = t.C
 	}
+	// An event of the project (healthy, unhealthy, died, started) is looked
+	// at when it arrives: the health poll is only the fallback.
+	events, stopListening := d.u.running.listen(d.project().Name)
+	defer stopListening()
+	var lastLook time.Time
 	lastErr := ""
 	for {
 		select {
 		case <-ctx.Done():
 			return false, "", ctx.Err()
+		case <-events:
+			if wait := verifyMinLook - d.u.now().Sub(lastLook); wait > 0 {
+				timer.Reset(wait) // a burst of events is one look
+				continue
+			}
 		case <-probe:
 			_, err := d.u.engine.ListContainers(ctx, d.project().Name, false)
 			if ctx.Err() != nil {
@@ -630,7 +641,8 @@ func (d *deployment) verify(ctx context.Context) (bool, string, error) {
 			continue
 		case <-timer.C:
 		}
-		atDeadline := !d.u.now().Before(deadline)
+		lastLook = d.u.now()
+		atDeadline := !lastLook.Before(deadline)
 		containers, err := d.u.projectContainers(ctx, d.project().Name)
 		switch {
 		case err != nil && ctx.Err() != nil:

@@ -25,7 +25,7 @@ type healEngine interface {
 	ListContainers(ctx context.Context, project string, all bool) ([]docker.Container, error)
 	InspectContainer(ctx context.Context, id string) (docker.ContainerDetails, error)
 	RestartContainer(ctx context.Context, id string, stopTimeout time.Duration) error
-	Events(ctx context.Context, filters map[string][]string, since time.Time, fn func(docker.Event)) error
+	Events(ctx context.Context, filters map[string][]string, since time.Time, opened func(), fn func(docker.Event)) error
 }
 
 // deployGuard tells whether a service is being deployed; the healer leaves
@@ -56,15 +56,25 @@ const (
 // Compose labels the healer reads besides the project and service.
 const labelNumber = "com.docker.compose.container-number"
 
+// eventObserver hears what the event stream tells: whether it is open, and
+// which project's containers changed. The updater is one.
+type eventObserver interface {
+	EventStream(open bool)
+	ContainerEvent(project string)
+}
+
 // HealerDeps are the parts the healer works with.
 type HealerDeps struct {
-	Logger  *slog.Logger
-	Engine  healEngine
-	Guard   deployGuard
-	Notify  notifier
-	Store   *state.Store
-	Metrics *Metrics
-	Now     func() time.Time // time.Now when nil
+	Logger *slog.Logger
+	Engine healEngine
+	Guard  deployGuard
+	// Observer, when set, hears of the stream and every container event
+	// of a configured project.
+	Observer eventObserver
+	Notify   notifier
+	Store    *state.Store
+	Metrics  *Metrics
+	Now      func() time.Time // time.Now when nil
 }
 
 // Healer follows the engine's event stream: it restarts containers that
@@ -75,6 +85,7 @@ type Healer struct {
 	logger  *slog.Logger
 	engine  healEngine
 	guard   deployGuard
+	observe eventObserver
 	notify  notifier
 	store   *state.Store
 	metrics *Metrics
@@ -112,6 +123,7 @@ func NewHealer(cfg *config.Config, deps HealerDeps) *Healer {
 		logger:      deps.Logger,
 		engine:      deps.Engine,
 		guard:       deps.Guard,
+		observe:     deps.Observer,
 		notify:      deps.Notify,
 		store:       deps.Store,
 		metrics:     deps.Metrics,
@@ -217,7 +229,16 @@ func (h *Healer) Run(ctx context.Context) error {
 		if since.IsZero() {
 			from, seen = start, start.Add(-time.Nanosecond)
 		}
-		err := h.engine.Events(ctx, filters, from, func(ev docker.Event) {
+		err := h.engine.Events(ctx, filters, from, func() {
+			if h.observe != nil {
+				h.observe.EventStream(true)
+			}
+		}, func(ev docker.Event) {
+			if h.observe != nil {
+				if _, ok := h.service(ev.Attributes[docker.LabelProject]); ok {
+					h.observe.ContainerEvent(ev.Attributes[docker.LabelProject])
+				}
+			}
 			if !seen.IsZero() && !ev.Time.After(seen) {
 				return
 			}
@@ -228,6 +249,9 @@ func (h *Healer) Run(ctx context.Context) error {
 			since = ev.Time
 			h.handle(ctx, ev)
 		})
+		if h.observe != nil {
+			h.observe.EventStream(false)
+		}
 		if ctx.Err() != nil {
 			return nil
 		}

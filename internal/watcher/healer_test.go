@@ -43,7 +43,10 @@ func (f *healFakeEngine) RestartContainer(ctx context.Context, id string, stopTi
 	return f.restartContainer(ctx, id, stopTimeout)
 }
 
-func (f *healFakeEngine) Events(ctx context.Context, filters map[string][]string, since time.Time, fn func(docker.Event)) error {
+func (f *healFakeEngine) Events(ctx context.Context, filters map[string][]string, since time.Time, opened func(), fn func(docker.Event)) error {
+	if opened != nil {
+		opened()
+	}
 	return f.events(ctx, filters, since, fn)
 }
 

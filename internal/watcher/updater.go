@@ -181,7 +181,8 @@ type Updater struct {
 	dockerSocket string
 	reloaded     chan struct{}
 
-	sched scheduled // checks asked for by Schedule (schedule.go)
+	sched   scheduled     // checks asked for by Schedule (schedule.go)
+	running *runningCache // what runs, kept while the event stream is open (running.go)
 }
 
 // NewUpdater builds an updater for cfg.
@@ -206,6 +207,7 @@ func NewUpdater(cfg *config.Config, deps UpdaterDeps) (*Updater, error) {
 	if u.now == nil {
 		u.now = time.Now
 	}
+	u.running = newRunning(u.now)
 	if u.engineWait <= 0 {
 		u.engineWait = defaultEngineWait
 	}
