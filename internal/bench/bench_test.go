@@ -59,7 +59,7 @@ func testMain(m *testing.M) int {
 		out, pkg string
 		flags    []string
 	}{
-		{dockwardBin, "../../cmd/dockward", []string{"-trimpath", "-ldflags", "-s -w -X main.version=bench"}},
+		{dockwardBin, "../../cmd/dockward", []string{"-trimpath", "-tags", "nethttpomithttp2", "-ldflags", "-s -w -X main.version=bench"}},
 		{testappBin, "../e2e/testapp", nil},
 	} {
 		args := append([]string{"build", "-o", b.out}, b.flags...)

@@ -64,7 +64,8 @@ func testMain(m *testing.M) int {
 	dockwardBin = filepath.Join(dir, "dockward")
 	testappBin = filepath.Join(dir, "app")
 	for _, b := range []struct{ out, pkg string }{{dockwardBin, "../../cmd/dockward"}, {testappBin, "./testapp"}} {
-		cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
+		// The tags of the release build (Makefile), so what ships is tested.
+		cmd := exec.Command("go", "build", "-tags", "nethttpomithttp2", "-o", b.out, b.pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "FAIL: build %s: %v\n%s", b.pkg, err, out)
