@@ -11,7 +11,7 @@ import (
 )
 
 // The calls a daemon makes over its life under a Type=notify unit with
-// WatchdogSec= and ExecReload=/bin/kill -HUP $MAINPID.
+// WatchdogSec= and an ExecReload= that sends SIGHUP to $MAINPID.
 func Example() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
