@@ -8,6 +8,8 @@ import (
 	"crypto/sha512"
 	"crypto/tls"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -188,6 +190,38 @@ func (c *Client) digest(ctx context.Context, repository, tag string) (string, er
 	return c.digestFromBody(ctx, path)
 }
 
+// Prove fetches the manifest that repository:tag points to and checks that
+// its bytes hash to digest, as a HEAD answered: a Docker-Content-Digest that
+// a stale cache or a broken proxy got wrong is an ErrBadResponse instead of a
+// digest to deploy. It costs a GET, so a caller proves a digest once, when
+// it first sees it.
+func (c *Client) Prove(ctx context.Context, repository, tag, digest string) error {
+	if err := c.prove(ctx, repository, tag, digest); err != nil {
+		return fmt.Errorf("prove digest %s of %s/%s:%s: %w", digest, c.base.Host, repository, tag, err)
+	}
+	return nil
+}
+
+func (c *Client) prove(ctx context.Context, repository, tag, digest string) error {
+	if err := validateRepository(repository); err != nil {
+		return err
+	}
+	if err := validateTag(tag); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	path := "/v2/" + repository + "/manifests/" + tag
+	got, err := c.digestFromBody(ctx, path)
+	if err != nil {
+		return err
+	}
+	if got != digest {
+		return badResponse("GET %s: the manifest is %s, not the %s that HEAD named", path, got, digest)
+	}
+	return nil
+}
+
 // digestFromBody fetches the manifest and hashes its exact bytes.
 func (c *Client) digestFromBody(ctx context.Context, path string) (string, error) {
 	resp, at, err := c.do(ctx, http.MethodGet, path)
@@ -204,6 +238,10 @@ func (c *Client) digestFromBody(ctx context.Context, path string) (string, error
 	}
 	if len(body) > maxManifestSize {
 		return "", badResponse("GET %s: manifest larger than %d bytes", path, maxManifestSize)
+	}
+	if err := checkManifest(body); err != nil {
+		return "", badResponse("GET %s: the answer (Content-Type %q, %d bytes) is not a manifest: %v",
+			path, truncate(resp.Header.Get("Content-Type"), 100), len(body), err)
 	}
 	sum := sha256.Sum256(body)
 	computed := "sha256:" + hex.EncodeToString(sum[:])
@@ -224,6 +262,22 @@ func (c *Client) digestFromBody(ctx context.Context, path string) (string, error
 		return "", badResponse("GET %s: Docker-Content-Digest %s does not match the manifest's bytes (%s)", path, h, computed)
 	}
 	return h, nil
+}
+
+// checkManifest reports why body is not an image manifest or index: every
+// one is a JSON object with a schemaVersion. An HTML page from a proxy or a
+// cut body must not be hashed into a digest to deploy.
+func checkManifest(body []byte) error {
+	var m struct {
+		SchemaVersion *int `json:"schemaVersion"`
+	}
+	if err := json.Unmarshal(body, &m); err != nil {
+		return err
+	}
+	if m.SchemaVersion == nil {
+		return errors.New("no schemaVersion")
+	}
+	return nil
 }
 
 // validDigest reports whether d is "sha256:" and 64 lowercase hex digits, or

@@ -165,6 +165,38 @@ func TestDigest(t *testing.T) {
 			kind: KindBadResponse, is: ErrBadResponse, inError: []string{"larger than"},
 		},
 		{
+			name: "GET fallback answers an HTML page",
+			handler: func(t *testing.T) http.HandlerFunc {
+				return func(w http.ResponseWriter, r *http.Request) {
+					w.Header().Set("Content-Type", "text/html")
+					w.Write([]byte("<html><body>Please sign in</body></html>"))
+				}
+			},
+			kind: KindBadResponse, is: ErrBadResponse, inError: []string{`(Content-Type "text/html", 40 bytes) is not a manifest`},
+		},
+		{
+			name: "GET fallback answers a cut manifest",
+			handler: func(t *testing.T) http.HandlerFunc {
+				return func(w http.ResponseWriter, r *http.Request) {
+					if r.Method == http.MethodGet {
+						w.Write([]byte(testManifest[:len(testManifest)/2]))
+					}
+				}
+			},
+			kind: KindBadResponse, is: ErrBadResponse, inError: []string{"is not a manifest: unexpected end of JSON input"},
+		},
+		{
+			name: "GET fallback answers JSON that is no manifest",
+			handler: func(t *testing.T) http.HandlerFunc {
+				return func(w http.ResponseWriter, r *http.Request) {
+					if r.Method == http.MethodGet {
+						w.Write([]byte(`{"errors":[]}`))
+					}
+				}
+			},
+			kind: KindBadResponse, is: ErrBadResponse, inError: []string{"no schemaVersion"},
+		},
+		{
 			name: "GET fallback 404",
 			handler: func(t *testing.T) http.HandlerFunc {
 				return func(w http.ResponseWriter, r *http.Request) {
@@ -267,6 +299,41 @@ func TestDigest(t *testing.T) {
 				if !strings.Contains(err.Error(), s) {
 					t.Errorf("error %q does not contain %q", err, s)
 				}
+			}
+		})
+	}
+}
+
+func TestProve(t *testing.T) {
+	tests := []struct {
+		name    string
+		header  string // Docker-Content-Digest of the GET
+		body    string
+		digest  string // what HEAD named
+		inError string // "" when proved
+	}{
+		{name: "header and body agree with HEAD", header: sha256Digest(testManifest), body: testManifest, digest: sha256Digest(testManifest)},
+		{name: "no header, body hashes to HEAD's digest", body: testManifest, digest: sha256Digest(testManifest)},
+		{name: "HEAD named another digest", header: sha256Digest(testManifest), body: testManifest, digest: goodDigest,
+			inError: "the manifest is " + sha256Digest(testManifest) + ", not the " + goodDigest + " that HEAD named"},
+		{name: "wrong header on GET too", header: goodDigest, body: testManifest, digest: goodDigest, inError: "does not match the manifest's bytes"},
+		{name: "HTML", body: "<html></html>", digest: sha256Digest("<html></html>"), inError: "is not a manifest"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newTestClient(t, func(w http.ResponseWriter, r *http.Request) {
+				checkRequest(t, r, http.MethodGet)
+				if tt.header != "" {
+					w.Header().Set("Docker-Content-Digest", tt.header)
+				}
+				w.Write([]byte(tt.body))
+			})
+			err := c.Prove(t.Context(), "team/app", "v1", tt.digest)
+			switch {
+			case tt.inError == "" && err != nil:
+				t.Fatalf("Prove(%s) = %v, want nil", tt.digest, err)
+			case tt.inError != "" && (err == nil || !strings.Contains(err.Error(), tt.inError) || Kind(err) != KindBadResponse):
+				t.Fatalf("Prove(%s) = %v, want a bad_response error containing %q", tt.digest, err, tt.inError)
 			}
 		})
 	}

@@ -45,6 +45,12 @@ func sameImageOtherHost(image string, ref registry.Ref) bool {
 	return ok && host != ref.Host && rest == ref.Repository+":"+ref.Tag
 }
 
+// prover proves a digest that HEAD named with the manifest's bytes
+// (*registry.Client).
+type prover interface {
+	Prove(ctx context.Context, repository, tag, digest string) error
+}
+
 // check compares the registry's digest with what runs, and returns a plan
 // when a deploy is due.
 func (u *Updater) check(ctx context.Context, s *service) (*plan, Result) {
@@ -54,6 +60,14 @@ func (u *Updater) check(ctx context.Context, s *service) (*plan, Result) {
 	res := Result{Service: name}
 
 	remote, err := u.registry.Digest(ctx, s.ref.Repository, s.ref.Tag)
+	if p, ok := u.registry.(prover); ok && err == nil && remote != s.guard.proved {
+		// A digest not seen before is proved once with the manifest's
+		// bytes: a wrong Docker-Content-Digest is a registry failure, not a
+		// version to deploy.
+		if err = p.Prove(ctx, s.ref.Repository, s.ref.Tag, remote); err == nil {
+			s.guard.proved = remote
+		}
+	}
 	if err != nil && ctx.Err() != nil {
 		// Stopped: not a registry failure.
 		res.Outcome, res.Reason = CheckFailed, err.Error()

@@ -550,6 +550,10 @@ func (d *deployment) composeCall(ctx context.Context, what string, fn func() err
 // reach the engine.
 func composeSaysEngineAway(err error) bool {
 	msg := strings.ToLower(err.Error())
+	if strings.Contains(msg, "error response from daemon") {
+		// The engine answered: what it could not reach is the registry.
+		return false
+	}
 	for _, s := range []string{"cannot connect to the docker daemon", "is the docker daemon running", "connection refused",
 		"connection reset", "unexpected eof", "error during connect", "broken pipe"} {
 		if strings.Contains(msg, s) {

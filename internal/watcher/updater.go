@@ -121,6 +121,9 @@ type guard struct {
 	// misconfigured service and for a pull that keeps failing.
 	lastCheckError string
 	lastPullError  string
+	// proved is the last digest of the watched tag proved with its
+	// manifest's bytes; only a new one costs a GET.
+	proved string
 	// engineAlerted is set once the engine's absence was alerted, so that
 	// a long outage is one alert, not one per poll; noVerdictAlerted plays
 	// the same part for a deploy that cannot be judged. A verdict clears both.
