@@ -237,8 +237,9 @@ func (d *deployment) begin(ctx context.Context) error {
 	rec := d.rec
 	if err := d.u.store.Update(s.cfg.Name, func(st *state.Service) { st.Deploy = &rec }); err != nil {
 		// The record stays in memory: take it back, so that a later save
-		// does not persist a deploy that never began.
-		d.u.clearDeploy(s.cfg.Name)
+		// does not persist a deploy that never began. Its write fails as
+		// the one above did, which notStarted reports once.
+		d.u.store.Update(s.cfg.Name, func(st *state.Service) { st.Deploy = nil })
 		d.rec.Phase = ""
 		return &notStartedError{"record the deploy in the state file", err}
 	}

@@ -173,6 +173,8 @@ type Updater struct {
 	stopDeploys context.CancelFunc
 	inflight    sync.WaitGroup
 	resumed     atomic.Bool
+	// flushFailing is set while the state file cannot be written.
+	flushFailing atomic.Bool
 
 	mu           sync.Mutex
 	services     map[string]*service
@@ -532,9 +534,16 @@ func (u *Updater) PollAll(ctx context.Context) {
 	}
 	wg.Wait()
 	// Changes a failed save kept in memory are written as soon as the
-	// disk allows.
+	// disk allows. A disk that keeps refusing is one error, not one per
+	// poll, and its end is one line too.
 	if err := u.store.Flush(); err != nil {
-		u.logger.Error("write state file", "err", err)
+		if !u.flushFailing.Swap(true) {
+			u.logger.Error("write state file; retrying every poll (later failures are logged at debug level)", "path", u.store.Path(), "err", err)
+		} else {
+			u.logger.Debug("write state file", "err", err)
+		}
+	} else if !u.store.Dirty() && u.flushFailing.Swap(false) {
+		u.logger.Info("state file written again; nothing kept in memory only", "path", u.store.Path())
 	}
 	u.metrics.Polled(u.now())
 }
