@@ -20,11 +20,17 @@ import (
 func TestStateDiskFull(t *testing.T) {
 	t.Parallel()
 	testStateFault(t, "statefull", func(t *testing.T, dir string) func() {
+		// tmpfs counts its blocks per CPU, loosely: a write on another CPU
+		// may still find one. Its inodes are counted exactly, and the state
+		// is written to a new file: no inode left is a full disk for it.
 		filler := filepath.Join(dir, "filler")
 		fill(t, filler)
+		files := fillInodes(t, dir)
 		return func() {
-			if err := os.Remove(filler); err != nil {
-				t.Fatal(err)
+			for _, f := range append(files, filler) {
+				if err := os.Remove(f); err != nil {
+					t.Fatal(err)
+				}
 			}
 		}
 	}, "no space left on device")
@@ -34,15 +40,19 @@ func TestStateDiskFull(t *testing.T) {
 func TestStateReadOnly(t *testing.T) {
 	t.Parallel()
 	testStateFault(t, "statero", func(t *testing.T, dir string) func() {
-		run(t, "mount", "-o", "remount,ro", dir)
-		return func() { run(t, "mount", "-o", "remount,rw", dir) }
+		// A read-only bind mount over the directory: a remount of the
+		// tmpfs itself is refused while anything has a file open on it.
+		run(t, "mount", "--bind", dir, dir)
+		run(t, "mount", "-o", "remount,bind,ro", dir)
+		return func() { run(t, "umount", dir) }
 	}, "read-only file system")
 }
 
 func testStateFault(t *testing.T, name string, breakFS func(t *testing.T, dir string) (repair func()), why string) {
+	// Mounted before the scenario starts, so unmounted after it stops.
+	dir := mountTmpfs(t, "1m")
 	s := newScenario(t, name)
-	dir := filepath.Join(s.dir, "state")
-	mountTmpfs(t, dir, "1m")
+	s.edit = func(cfg map[string]any) { cfg["state_file"] = filepath.Join(dir, "state.json") }
 	// A state that must survive: the block of a service not configured here.
 	path := filepath.Join(dir, "state.json")
 	seed := `{"version": 1, "services": {"keep": {"blocked": {"digest": "sha256:` + strings.Repeat("ab", 32) + `", "since": "2026-01-01T00:00:00Z", "reason": "seed"}}}}`
@@ -134,18 +144,41 @@ func readState(t *testing.T, path string) stateFile {
 	return st
 }
 
-// mountTmpfs mounts a tmpfs of the given size at dir for the test.
-func mountTmpfs(t *testing.T, dir, size string) {
+// mountTmpfs mounts a small tmpfs (size bytes, 64 inodes) for the test and
+// returns its directory.
+func mountTmpfs(t *testing.T, size string) string {
 	t.Helper()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	dir, err := os.MkdirTemp("", "dwe2e-state-")
+	if err != nil {
 		t.Fatal(err)
 	}
-	run(t, "mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", dir)
+	run(t, "mount", "-t", "tmpfs", "-o", "size="+size+",nr_inodes=64,mode=0700", "tmpfs", dir)
 	t.Cleanup(func() {
-		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v %s", dir, err, out)
+		// Whatever is stacked on it, then the tmpfs.
+		for exec.Command("umount", dir).Run() == nil {
+		}
+		if err := os.Remove(dir); err != nil {
+			t.Errorf("remove %s (still mounted?): %v", dir, err)
 		}
 	})
+	return dir
+}
+
+// fillInodes creates empty files in dir until no inode is left.
+func fillInodes(t *testing.T, dir string) []string {
+	t.Helper()
+	var files []string
+	for i := 0; ; i++ {
+		f, err := os.Create(filepath.Join(dir, fmt.Sprintf("inode-%d", i)))
+		if errors.Is(err, syscall.ENOSPC) {
+			return files
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		files = append(files, f.Name())
+	}
 }
 
 // fill writes path until the file system is full.
