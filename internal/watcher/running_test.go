@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/dockward/dockward/internal/docker"
+	"github.com/dockward/dockward/internal/state"
 )
 
 // countEngine counts the engine requests of a world's fake engine.
@@ -145,4 +146,23 @@ func TestListenWakes(t *testing.T) {
 	if woke() {
 		t.Error("a stopped listener was woken")
 	}
+}
+
+// TestTriggerRearmsGivenUpContainer: an operator's trigger re-arms an
+// auto-heal that gave up on one container of the service.
+func TestTriggerRearmsGivenUpContainer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld()
+		w.addProject("app", digestA, behaveHealthy)
+		h := newHarness(t, w, svc("app", true))
+		if err := h.store.Update("app", func(st *state.Service) {
+			st.Containers = map[string]state.Heal{"app-1": {GaveUp: true, Consecutive: 3}}
+		}); err != nil {
+			t.Fatal(err)
+		}
+		h.trigger(t, "app")
+		if HealGaveUp(h.store, "app") {
+			t.Errorf("after a trigger the service's heal still gave up: %+v", h.store.Get("app").Containers)
+		}
+	})
 }

@@ -558,7 +558,7 @@ func (u *Updater) Trigger(name string) (<-chan Result, error) {
 		return nil, err
 	}
 	// An operator asking for a deploy re-arms an auto-heal that gave up.
-	if u.store.Get(name).Heal.GaveUp {
+	if HealGaveUp(u.store, name) {
 		if err := ResetHeal(u.store, name); err != nil {
 			u.logger.Error("re-arm auto-heal", "service", name, "err", err)
 		} else {
