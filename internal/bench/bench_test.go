@@ -160,20 +160,33 @@ func cpuTicks(pid int) (int64, error) {
 	return ut + st, nil
 }
 
-// rssKiB reads the resident set size of pid.
-func rssKiB(pid int) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+// memoryKiB reads the resident set size of pid and its anonymous part:
+// the rest is the binary's pages, shared with the page cache and given back
+// under memory pressure.
+func memoryKiB(pid int) (rss, anon int64, err error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		switch k {
+		case "Rss":
+			rss = n
+		case "Anonymous":
+			anon = n
 		}
 	}
-	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+	if rss == 0 {
+		return 0, 0, fmt.Errorf("no Rss in /proc/%d/smaps_rollup", pid)
+	}
+	return rss, anon, sc.Err()
 }
 
 // dockerdPID finds the shared engine's process, for its CPU share.

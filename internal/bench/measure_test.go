@@ -30,6 +30,7 @@ type PollResult struct {
 	CPUPerCycleMS     float64        `json:"cpu_per_cycle_ms"`
 	DockerdCPUPerCyMS float64        `json:"dockerd_cpu_per_cycle_ms"`
 	RSSKiB            int64          `json:"rss_kib"`
+	AnonKiB           int64          `json:"anon_kib"`
 	IdleSeconds       float64        `json:"idle_seconds,omitempty"`
 	IdleCPUPerCycleMS float64        `json:"idle_cpu_per_cycle_ms,omitempty"`
 	CurlFloorMS       float64        `json:"curl_head_floor_ms"`
@@ -88,7 +89,7 @@ func measurePoll(t *testing.T, n, window int, idle time.Duration) PollResult {
 	c1, _ := cpuTicks(pid)
 	e1, _ := cpuTicks(engine)
 	reg1, dock1 := w.registry.snapshot(), w.docker.snapshot()
-	res.RSSKiB, _ = rssKiB(pid)
+	res.RSSKiB, res.AnonKiB, _ = memoryKiB(pid)
 
 	cy := p1 - p0
 	res.Cycles = int(cy)
@@ -400,16 +401,17 @@ func formatTable(r Results) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "dockward benchmark, %s (full=%v)\n\n", r.Date, r.Full)
 	fmt.Fprintf(&b, "release binary: %.2f MB\n\n", float64(r.BinaryBytes)/1e6)
-	fmt.Fprintf(&b, "| services | cycle wall ms | curl -I floor ms | registry req/cycle | docker req/cycle | conns reg/docker | dockward CPU ms/cycle | dockerd CPU ms/cycle | RSS MiB |\n")
-	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "| services | cycle wall ms | curl -I floor ms | registry req/cycle | docker req/cycle | conns reg/docker | dockward CPU ms/cycle | dockerd CPU ms/cycle | RSS MiB | anon MiB |\n")
+	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, p := range r.Polls {
-		fmt.Fprintf(&b, "| %d | %.1f | %.1f | %.2f | %.2f | %d/%d | %.1f | %.1f | %.1f |\n",
+		fmt.Fprintf(&b, "| %d | %.1f | %.1f | %.2f | %.2f | %d/%d | %.1f | %.1f | %.1f | %.1f |\n",
 			p.Services, p.WallMedianMS, p.CurlFloorMS, p.RegistryPerCycle, p.DockerPerCycle,
-			p.RegistryConns, p.DockerConns, p.CPUPerCycleMS, p.DockerdCPUPerCyMS, float64(p.RSSKiB)/1024)
+			p.RegistryConns, p.DockerConns, p.CPUPerCycleMS, p.DockerdCPUPerCyMS, float64(p.RSSKiB)/1024, float64(p.AnonKiB)/1024)
 	}
 	for _, p := range r.Polls {
 		if p.IdleSeconds > 0 {
-			fmt.Fprintf(&b, "\nidle %d services for %.0f s: CPU %.1f ms per cycle, RSS %.1f MiB\n", p.Services, p.IdleSeconds, p.IdleCPUPerCycleMS, float64(p.RSSKiB)/1024)
+			fmt.Fprintf(&b, "\nidle %d services for %.0f s: CPU %.1f ms per cycle, RSS %.1f MiB (anonymous %.1f MiB)\n",
+				p.Services, p.IdleSeconds, p.IdleCPUPerCycleMS, float64(p.RSSKiB)/1024, float64(p.AnonKiB)/1024)
 		}
 	}
 	l := r.Latency
