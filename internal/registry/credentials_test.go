@@ -133,3 +133,27 @@ func TestDockerConfigCheck(t *testing.T) {
 		})
 	}
 }
+
+// FuzzDockerConfig feeds arbitrary files to the config.json reader: it must
+// not panic, and its errors must not quote the file.
+func FuzzDockerConfig(f *testing.F) {
+	f.Add(`{"auths":{"reg.example.com":{"auth":"dTpw"}}}`, "reg.example.com")
+	f.Add(`{"auths":{"https://index.docker.io/v1/":{"username":"u","password":"p"}}}`, "registry-1.docker.io")
+	f.Add(`{"auths":{"reg":{"identitytoken":"x"}},"credsStore":""}`, "REG")
+	f.Add(`{"auths":{"reg":{"auth":"!!!"}}}`, "reg")
+	f.Add(`[1,2`, "x")
+	f.Fuzz(func(t *testing.T, body, host string) {
+		p := filepath.Join(t.TempDir(), "config.json")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		d := DockerConfig{Path: p}
+		// No helper runs: credsStore and credHelpers name programs that are
+		// not on the fuzzer's PATH, or are rejected as names.
+		t.Setenv("PATH", t.TempDir())
+		_, err := d.Credentials(t.Context(), host)
+		if err != nil && len(body) >= 8 && strings.Contains(err.Error(), body) {
+			t.Errorf("error %q quotes the file", err)
+		}
+	})
+}
