@@ -17,7 +17,7 @@ import (
 
 // measure enables TestMeasurePushToDeployStart, a measurement run by hand:
 //
-//	go test -count=1 -timeout 30m -v -run TestMeasurePushToDeployStart ./internal/e2e -args -measure
+//	go test -count=1 -timeout 30m -parallel 3 -v -run TestMeasurePushToDeployStart ./internal/e2e -args -measure
 var measure = flag.Bool("measure", false, "run the push-to-deploy measurement (minutes)")
 
 const (
@@ -231,7 +231,11 @@ func TestMeasurePushToDeployStart(t *testing.T) {
 			for i := range runs {
 				// A push comes at a random moment of the poll cycle, not
 				// in step with the previous deploy's end.
-				time.Sleep(rand.N(time.Duration(max(m.poll, 2) * float64(time.Second))))
+				cycle := time.Duration(m.poll * float64(time.Second))
+				if m.events {
+					cycle = 2 * time.Second
+				}
+				time.Sleep(rand.N(cycle))
 				d := s.push(healthyImage)
 				pushed := time.Now()
 				var started time.Time
