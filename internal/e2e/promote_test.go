@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dockward/dockward/internal/registry/registrytest"
 )
 
 // newFleet is a second dockward on the same engine and the same registry
@@ -152,5 +154,46 @@ func TestCanaryPromotesToFleet(t *testing.T) {
 	}
 	if strings.Contains(fleet.proc.logs(), bad) {
 		t.Errorf("the fleet's log mentions the bad digest %s: it saw it", bad)
+	}
+}
+
+// A fleet that takes the registry's push events gets the promotion at
+// once: the canary's PUT of :stable is a push of the fleet's tag. The fleet
+// polls every 300 s, so only the event can deploy it.
+func TestPromotionReachesFleetByPushEvent(t *testing.T) {
+	t.Parallel()
+	port := freePort(t)
+	canary := newScenario(t, "canaryev", registrytest.WithNotifications(fmt.Sprintf("http://127.0.0.1:%d/registry/events", port), eventsToken))
+	canary.service = map[string]any{"promote_tag": "stable", "promote_after": 2}
+	fleet := newFleet(t, canary, "stable")
+	fleet.apiPort, fleet.api = port, fmt.Sprintf("http://127.0.0.1:%d", port)
+	fleet.pollInterval = 300
+	fleet.registryCfg = map[string]any{"events_token": eventsToken}
+
+	canary.push(healthyImage)
+	canary.docker("tag", canary.ref("latest"), canary.ref("stable"))
+	canary.docker("push", canary.ref("stable"))
+	canary.up()
+	fleet.composeTool("-f", fleet.compose, "-p", fleet.project, "up", "-d")
+	canary.start()
+	fleet.startEvents()
+
+	v2 := canary.push(healthyImage)
+	canary.waitFor(90*time.Second, "the promotion of v2 to :stable", func() (bool, string) {
+		got := canary.tagDigest("stable")
+		return got == v2, ":stable is " + got
+	})
+	promotedAt := time.Now()
+	fleet.waitFor(60*time.Second, "the fleet to run v2", func() (bool, string) { return fleet.runs(v2) })
+	t.Logf("the fleet runs v2 %v after the promotion was seen", time.Since(promotedAt).Round(time.Millisecond))
+	if n := fleet.metric("watcher_poll_count_total"); n != 1 {
+		t.Fatalf("fleet watcher_poll_count_total = %v, want 1: a poll ran, so the deploy does not prove the event", n)
+	}
+	if n := countLines(fleet.proc.logs(), "registry push event: checking now", "image="+fleet.repo+":stable"); n < 1 {
+		t.Errorf("no push event for :stable in the fleet's log")
+	}
+	// The pushes of :latest reached the fleet too, and were ignored.
+	if n := fleet.metric(`watcher_registry_events_total{action="push",result="ignored"}`); n < 1 {
+		t.Errorf("fleet ignored push events = %v, want the :latest pushes", n)
 	}
 }
