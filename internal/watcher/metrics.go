@@ -273,6 +273,10 @@ func (m *Metrics) WriteTo(w io.Writer, now time.Time) error {
 	fmt.Fprintf(bw, "watcher_uptime_seconds %s\n", formatFloat(now.Sub(m.start).Seconds()))
 	header(bw, "dockward_build_info", "gauge", "Build information; always 1.")
 	fmt.Fprintf(bw, "dockward_build_info{version=\"%s\",goversion=\"%s\"} 1\n", escape(m.version), escape(runtime.Version()))
+	// The one runtime series client_golang users expect: a count that
+	// only grows is a leak.
+	header(bw, "go_goroutines", "gauge", "Number of goroutines that currently exist.")
+	fmt.Fprintf(bw, "go_goroutines %d\n", runtime.NumGoroutine())
 	return bw.Flush()
 }
 
