@@ -36,6 +36,13 @@ func guarded(next http.Handler, token string) http.Handler {
 			writeError(w, http.StatusMisdirectedRequest, "this API answers only to a loopback Host (localhost, 127.0.0.1 or [::1])")
 			return
 		}
+		// The mux would answer a path with "..", "." or "//" with a redirect
+		// to its clean form, which a client following it may POST to: a
+		// path names one route as written, or none.
+		if !cleanPath(r.URL.Path) {
+			writeError(w, http.StatusBadRequest, "the path must not hold empty, \".\" or \"..\" segments")
+			return
+		}
 		mutating := r.Method == http.MethodPost || r.Method == http.MethodDelete
 		if mutating {
 			if why := crossSite(r); why != "" {
@@ -116,4 +123,22 @@ func bearer(r *http.Request, want []byte) bool {
 		return false
 	}
 	return subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), want) == 1
+}
+
+// cleanPath reports whether p is an absolute path without empty, "." or
+// ".." segments (a trailing slash aside).
+func cleanPath(p string) bool {
+	if !strings.HasPrefix(p, "/") {
+		return false
+	}
+	segs := strings.Split(p[1:], "/")
+	for i, seg := range segs {
+		switch {
+		case seg == "." || seg == "..":
+			return false
+		case seg == "" && i != len(segs)-1:
+			return false
+		}
+	}
+	return true
 }
