@@ -125,9 +125,9 @@ func TestCrashIsReported(t *testing.T) {
 	docker(t, "start", id)
 	docker(t, "stop", "-t", "1", id)
 	docker(t, "start", id)
-	s.waitFor(20*time.Second, "the container to run again", func() (bool, string) {
+	s.waitFor(30*time.Second, "the container to run healthy again", func() (bool, string) {
 		h := s.health()
-		return strings.HasPrefix(h, "running/"), h
+		return h == "running/healthy", h
 	})
 	docker(t, "exec", id, "/app", "-crash")
 	s.waitFor(30*time.Second, "the second crash alert", func() (bool, string) {

@@ -53,6 +53,21 @@ const (
 	cleanExitWindow  = 10 * time.Minute
 )
 
+// processGoneRecheck is when a container whose health check found its
+// process gone is looked at again, if no die came meanwhile.
+const processGoneRecheck = 5 * time.Second
+
+// processGone reports whether a health check failed because the
+// container's process had already exited, in the engine's words.
+func processGone(output string) bool {
+	for _, s := range []string{"cannot exec in a stopped state", "is not running"} {
+		if strings.Contains(output, s) {
+			return true
+		}
+	}
+	return false
+}
+
 // Compose labels the healer reads besides the project and service.
 const labelNumber = "com.docker.compose.container-number"
 
@@ -576,6 +591,14 @@ func (h *Healer) inspectAndHeal(ctx context.Context, id string) {
 	})
 	h.mu.Unlock()
 	if d.State.Health == nil || !d.State.Running {
+		return
+	}
+	if d.State.Health.Status == "unhealthy" && processGone(d.State.Health.LastOutput()) {
+		// The process exited and the engine has not reported the die yet:
+		// a restart now would pass the crash off as a stop on purpose.
+		// The die reports it; look again in case it never comes.
+		h.logger.Debug("health check failed because the process is gone; waiting for its exit", "service", s.Name, "container", d.Name)
+		h.recheckAfter(d.ID, processGoneRecheck)
 		return
 	}
 	switch d.State.Health.Status {
