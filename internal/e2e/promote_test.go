@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dockward/dockward/internal/registry"
 	"github.com/dockward/dockward/internal/registry/registrytest"
 )
 
@@ -196,4 +197,35 @@ func TestPromotionReachesFleetByPushEvent(t *testing.T) {
 	if n := fleet.metric(`watcher_registry_events_total{action="push",result="ignored"}`); n < 1 {
 		t.Errorf("fleet ignored push events = %v, want the :latest pushes", n)
 	}
+}
+
+// On a registry with token auth, the canary promotes with its credentials:
+// the token for the copy must carry push (scope pull,push), or the PUT is
+// refused.
+func TestPromotionOnTokenRegistry(t *testing.T) {
+	t.Parallel()
+	const user, password = "canary-bot", "promote-pa55-e2e-never-logged"
+	tokens := registrytest.StartTokenServer(t, map[string]string{user: password}, 300)
+	reg := registrytest.StartWith(t, registrytest.Options{Token: tokens})
+	s := newScenarioAt(t, "promotoken", reg.URL)
+	s.dockerEnv = []string{"DOCKER_CONFIG=" + dockerLogin(t, s.host, user, password)}
+	s.registryCfg = map[string]any{"username": user, "password_file": writeSecret(t, t.TempDir(), "password", password)}
+	s.service = map[string]any{"promote_tag": "stable", "promote_after": 1}
+	s.push(healthyImage)
+	s.up()
+	s.start()
+
+	v2 := s.push(healthyImage)
+	s.waitFor(90*time.Second, "the promoted notification", func() (bool, string) {
+		got := s.hooks.events("promoted")
+		return len(got) == 1 && got[0].Digest == v2, fmt.Sprintf("promoted %+v, promotion_failed %+v", got, s.hooks.events("promotion_failed"))
+	})
+	c, err := registry.New(reg.URL, registry.WithBasicAuth(user, password))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.Digest(t.Context(), s.repo, "stable"); err != nil || got != v2 {
+		t.Errorf(":stable = %q, %v; want the promoted %s", got, err, v2)
+	}
+	noSecrets(t, s, password)
 }
