@@ -163,9 +163,10 @@ func (d *deployment) run(ctx context.Context) Result {
 		case PhaseRollbackFailed:
 			return d.verdict(RollbackFailed, d.rec.Reason)
 		default:
-			// Written by a newer dockward: verify what runs.
-			d.log.Warn("unknown deploy phase in the state file; verifying what runs", "phase", d.rec.Phase)
-			d.setPhase(PhaseVerifying)
+			// Written by a newer dockward: start the services and verify
+			// what runs.
+			d.log.Warn("unknown deploy phase in the state file; starting the services and verifying what runs", "phase", d.rec.Phase)
+			d.setPhase(PhaseUp)
 		}
 		var ns *notStartedError
 		switch {
