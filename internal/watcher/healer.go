@@ -53,11 +53,23 @@ const (
 	cleanExitWindow  = 10 * time.Minute
 )
 
-// processGoneRecheck is when a container whose health check found its
-// process gone is looked at again, if no die came meanwhile.
-const processGoneRecheck = 5 * time.Second
+// probeSettle is how long a container whose last health probe was cut
+// short is given before it is healed: long enough for the engine to report
+// a die that cut it.
+const probeSettle = 2 * time.Second
 
-// processGone reports whether a health check failed because the
+// abnormalProbe reports whether the latest health probe ended without the
+// health check's own verdict (exit code 1): it could not run, timed out or
+// was killed, or found the container's process gone.
+func abnormalProbe(h *docker.Health) bool {
+	if h == nil || len(h.Log) == 0 {
+		return false
+	}
+	last := h.Log[len(h.Log)-1]
+	return last.ExitCode != 1 || processGone(last.Output)
+}
+
+// processGone reports whether a health probe failed because the
 // container's process had already exited, in the engine's words.
 func processGone(output string) bool {
 	for _, s := range []string{"cannot exec in a stopped state", "is not running"} {
@@ -66,6 +78,20 @@ func processGone(output string) bool {
 		}
 	}
 	return false
+}
+
+// deferProbe reports whether healing container id should wait for one
+// probeSettle: once per unhealthy spell, so a health check that always
+// times out is still healed.
+func (h *Healer) deferProbe(id string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	now := h.now()
+	if at, ok := h.probeDeferred[id]; ok && now.Sub(at) < 5*probeSettle {
+		return false
+	}
+	h.probeDeferred[id] = now
+	return true
 }
 
 // Compose labels the healer reads besides the project and service.
@@ -120,12 +146,14 @@ type Healer struct {
 	mu          sync.Mutex
 	byProject   map[string]config.Service
 	stopTimeout time.Duration
-	stopped     map[string]time.Time   // container ID → last kill/stop event
-	healing     map[string]bool        // container IDs with a restart or verify in flight
-	timers      map[string]*time.Timer // container ID → pending recheck
-	pending     map[string]bool        // container IDs due for a recheck
-	cleanExits  map[string][]time.Time // service/heal key → recent unasked exits with code 0
-	view        healthView
+	stopped     map[string]time.Time // container ID → last kill/stop event
+	// container ID → when healing it waited for a cut-short probe to settle
+	probeDeferred map[string]time.Time
+	healing       map[string]bool        // container IDs with a restart or verify in flight
+	timers        map[string]*time.Timer // container ID → pending recheck
+	pending       map[string]bool        // container IDs due for a recheck
+	cleanExits    map[string][]time.Time // service/heal key → recent unasked exits with code 0
+	view          healthView
 	// Failures to reach the engine are logged at warn when they start and
 	// at info when they end, not on every try.
 	listFailing    map[string]bool // service name → listing its containers fails
@@ -135,23 +163,24 @@ type Healer struct {
 // NewHealer builds a healer for cfg.
 func NewHealer(cfg *config.Config, deps HealerDeps) *Healer {
 	h := &Healer{
-		logger:      deps.Logger,
-		engine:      deps.Engine,
-		guard:       deps.Guard,
-		observe:     deps.Observer,
-		notify:      deps.Notify,
-		store:       deps.Store,
-		metrics:     deps.Metrics,
-		now:         deps.Now,
-		wake:        make(chan struct{}, 1),
-		resync:      make(chan struct{}, 1),
-		stopped:     map[string]time.Time{},
-		healing:     map[string]bool{},
-		timers:      map[string]*time.Timer{},
-		pending:     map[string]bool{},
-		cleanExits:  map[string][]time.Time{},
-		view:        healthView{},
-		listFailing: map[string]bool{},
+		logger:        deps.Logger,
+		engine:        deps.Engine,
+		guard:         deps.Guard,
+		observe:       deps.Observer,
+		notify:        deps.Notify,
+		store:         deps.Store,
+		metrics:       deps.Metrics,
+		now:           deps.Now,
+		wake:          make(chan struct{}, 1),
+		resync:        make(chan struct{}, 1),
+		stopped:       map[string]time.Time{},
+		probeDeferred: map[string]time.Time{},
+		healing:       map[string]bool{},
+		timers:        map[string]*time.Timer{},
+		pending:       map[string]bool{},
+		cleanExits:    map[string][]time.Time{},
+		view:          healthView{},
+		listFailing:   map[string]bool{},
 	}
 	if h.now == nil {
 		h.now = time.Now
@@ -439,6 +468,7 @@ func (h *Healer) handle(ctx context.Context, ev docker.Event) {
 	case "destroy":
 		h.mu.Lock()
 		delete(h.stopped, ev.ID)
+		delete(h.probeDeferred, ev.ID)
 		if _, ok := h.view[ev.ID]; ok {
 			delete(h.view, ev.ID)
 			h.publishHealthy(s.Name)
@@ -593,12 +623,15 @@ func (h *Healer) inspectAndHeal(ctx context.Context, id string) {
 	if d.State.Health == nil || !d.State.Running {
 		return
 	}
-	if d.State.Health.Status == "unhealthy" && processGone(d.State.Health.LastOutput()) {
-		// The process exited and the engine has not reported the die yet:
-		// a restart now would pass the crash off as a stop on purpose.
-		// The die reports it; look again in case it never comes.
-		h.logger.Debug("health check failed because the process is gone; waiting for its exit", "service", s.Name, "container", d.Name)
-		h.recheckAfter(d.ID, processGoneRecheck)
+	if d.State.Health.Status == "unhealthy" && abnormalProbe(d.State.Health) && h.deferProbe(d.ID) {
+		// The probe did not give the health check's own verdict: it may
+		// have been cut by the process exiting, before the engine reports
+		// the die. A restart now would pass a crash off as a stop on
+		// purpose, so look again shortly; then the die has been reported,
+		// or the container is unhealthy indeed and is healed.
+		h.logger.Debug("health probe cut short; looking again before healing", "service", s.Name, "container", d.Name,
+			"probe", d.State.Health.LastOutput())
+		h.recheckAfter(d.ID, probeSettle)
 		return
 	}
 	switch d.State.Health.Status {

@@ -167,6 +167,25 @@ func TestTriggerRearmsGivenUpContainer(t *testing.T) {
 	})
 }
 
+func TestAbnormalProbe(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		log  []docker.HealthLog
+		want bool
+	}{
+		{"no probe", nil, false},
+		{"the check says unhealthy", []docker.HealthLog{{ExitCode: 1, Output: "GET /healthz: 500"}}, false},
+		{"the exec could not run", []docker.HealthLog{{ExitCode: -1, Output: "cannot exec in a stopped state: unknown"}}, true},
+		{"killed mid-probe", []docker.HealthLog{{ExitCode: 137}}, true},
+		{"timed out", []docker.HealthLog{{ExitCode: 1}, {ExitCode: -1, Output: "Health check exceeded timeout (3s)"}}, true},
+		{"only the latest counts", []docker.HealthLog{{ExitCode: -1}, {ExitCode: 1, Output: "unhealthy"}}, false},
+	} {
+		if got := abnormalProbe(&docker.Health{Status: "unhealthy", Log: tc.log}); got != tc.want {
+			t.Errorf("%s: abnormalProbe = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
 func TestProcessGone(t *testing.T) {
 	for _, tc := range []struct {
 		output string
