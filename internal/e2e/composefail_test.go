@@ -91,7 +91,7 @@ func (s *scenario) pushEntrypoint(entrypoint string) string {
 	s.t.Helper()
 	dir := s.t.TempDir()
 	copyFile(s.t, testappBin, filepath.Join(dir, "app"))
-	dockerfile := fmt.Sprintf("FROM scratch\nCOPY app /app\nLABEL dockward.e2e.nonce=%d\nENTRYPOINT [%q]\n", time.Now().UnixNano(), entrypoint)
+	dockerfile := fmt.Sprintf("FROM scratch\nLABEL dockward.e2e.nonce=%d\nCOPY app /app\nENTRYPOINT [%q]\n", time.Now().UnixNano(), entrypoint)
 	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(dockerfile), 0o644); err != nil {
 		s.t.Fatal(err)
 	}

@@ -174,8 +174,10 @@ func (s *scenario) push(img image) string {
 	if img.noHealthcheck {
 		hc = ""
 	}
-	dockerfile := fmt.Sprintf("FROM scratch\nCOPY app /app\nENV APP_MODE=%s APP_CRASH_AFTER=%s APP_HEALTHY_AFTER=%s\nLABEL dockward.e2e.nonce=%d\n%s\nENTRYPOINT [\"/app\"]\n",
-		img.mode, orDefault(img.crashAfter, "300ms"), img.healthyAfter, time.Now().UnixNano(), hc)
+	// The nonce comes first: no build step is then shared with another
+	// scenario's build, whose cleanup (rmi) would remove it mid-build.
+	dockerfile := fmt.Sprintf("FROM scratch\nLABEL dockward.e2e.nonce=%d\nCOPY app /app\nENV APP_MODE=%s APP_CRASH_AFTER=%s APP_HEALTHY_AFTER=%s\n%s\nENTRYPOINT [\"/app\"]\n",
+		time.Now().UnixNano(), img.mode, orDefault(img.crashAfter, "300ms"), img.healthyAfter, hc)
 	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(dockerfile), 0o644); err != nil {
 		s.t.Fatal(err)
 	}
