@@ -279,7 +279,9 @@ func (c *Client) credentials(ctx context.Context) (creds Credentials, fresh bool
 	}
 	creds, err = src.Credentials(ctx, c.base.Host)
 	if err != nil {
-		return Credentials{}, true, fmt.Errorf("credentials for %s: %w", c.base.Host, err)
+		// No credentials to answer with: the operator must fix them, as
+		// after a 401.
+		return Credentials{}, true, &classified{class: ErrUnauthorized, err: fmt.Errorf("credentials for %s: %w", c.base.Host, err)}
 	}
 	c.mu.Lock()
 	if c.creds == src {

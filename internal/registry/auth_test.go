@@ -457,3 +457,22 @@ func TestCredentialsStringHidesSecrets(t *testing.T) {
 		}
 	}
 }
+
+type failingSource struct{}
+
+func (failingSource) Credentials(context.Context, string) (Credentials, error) {
+	return Credentials{}, errors.New("docker-credential-x get: exit status 1")
+}
+
+// A credential source that fails is ErrUnauthorized, so it is alerted like
+// refused credentials.
+func TestCredentialSourceFailure(t *testing.T) {
+	for _, scheme := range []string{"Basic", "Bearer"} {
+		s := newAuthServer(t, scheme)
+		c, _ := newAuthClient(t, s, WithCredentials(failingSource{}))
+		_, err := c.Digest(t.Context(), "team/app", "v1")
+		if Kind(err) != KindUnauthorized || !strings.Contains(err.Error(), "credentials for 127.0.0.1:") {
+			t.Errorf("%s: Digest with a failing source = %v, want unauthorized naming the source's failure", scheme, err)
+		}
+	}
+}
