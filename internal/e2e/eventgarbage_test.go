@@ -44,6 +44,9 @@ func garbageStreams(project string) []string {
 			fmt.Sprintf(`{"Type":"container","Action":"health_status: unhealthy","Actor":{"ID":"","Attributes":{"com.docker.compose.project":%q}},"time":%d}`+"\n", project, now.Unix()) +
 			"\x00\xff\xfe garbage after events",
 		`{"Type":"container","Action":"start","Actor":{"ID":"x"},"time":"yesterday"}` + "\n",
+		// A well-formed event from the year 2100.
+		fmt.Sprintf(`{"Type":"container","Action":"exec_create: /app -check","Actor":{"ID":"%s","Attributes":{"com.docker.compose.project":%q}},"time":4102444800,"timeNano":4102444800000000000}`+"\n",
+			strings.Repeat("e", 64), project),
 	}
 }
 

@@ -290,7 +290,13 @@ func (h *Healer) Run(ctx context.Context) error {
 				connected = true
 				backoff = reconnectMin
 			}
+			// An event stamped in the future (a broken engine or proxy, a
+			// clock gone wrong) must not hold the replay point there: every
+			// later reconnect would ask for events from then, and get none.
 			since = ev.Time
+			if now := h.now(); since.After(now) {
+				since = now
+			}
 			h.handle(ctx, ev)
 		})
 		if h.observe != nil {
