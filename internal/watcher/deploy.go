@@ -675,11 +675,66 @@ func (d *deployment) verify(ctx context.Context) (bool, string, error) {
 			case healthy:
 				return true, reason, nil
 			case failed:
+				if stoppedCleanly(mine) || stoppedCleanly(others) {
+					// dockerd stops every container before it goes away,
+					// while it still answers: wait a little to see
+					// whether it is going away.
+					if err := d.watchForEngineStop(ctx); err != nil {
+						return false, "", err
+					}
+				}
 				return false, reason, nil
 			}
 		}
 		timer.Reset(max(min(every, deadline.Sub(d.u.now())), 0))
 	}
+}
+
+// engineStopWindow is how long a verdict that rests on a container that
+// exited cleanly (code 0, or 143 for SIGTERM) waits to see whether the
+// engine goes away: a stopping dockerd stops its containers first (each
+// gets its stop timeout, 10 s by default) while it still answers.
+const engineStopWindow = 15 * time.Second
+
+// stoppedCleanly reports whether a container exited with code 0 or 143, as
+// the containers of a stopping engine do.
+func stoppedCleanly(cs []docker.ContainerDetails) bool {
+	for _, c := range cs {
+		st := c.State
+		if !st.Running && !st.Restarting && st.Status == "exited" && (st.ExitCode == 0 || st.ExitCode == 143) {
+			return true
+		}
+	}
+	return false
+}
+
+// watchForEngineStop pings the engine for engineStopWindow. If it goes
+// away, it waits for it and returns errEngineBack: the verdict is void.
+// If it keeps answering, it returns nil and the verdict stands.
+func (d *deployment) watchForEngineStop(ctx context.Context) error {
+	d.log.Info("a container exited cleanly during the verification; checking that the engine is not stopping before judging",
+		"window", engineStopWindow)
+	ticker := time.NewTicker(engineProbeInterval)
+	defer ticker.Stop()
+	end := d.u.now().Add(engineStopWindow)
+	for d.u.now().Before(end) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ticker.C:
+		}
+		_, err := d.u.engine.ListContainers(ctx, d.project().Name, false)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if docker.Unavailable(err) {
+			if werr := d.waitEngine(ctx, "verify", err); werr != nil {
+				return werr
+			}
+			return errEngineBack
+		}
+	}
+	return nil
 }
 
 // split separates the containers of the services in scope from the others.

@@ -396,6 +396,67 @@ func TestEngineAway(t *testing.T) {
 	}
 }
 
+// TestCleanExitBeforeTheEngineGoes: a stopping dockerd stops the
+// containers while it still answers. A container that exited cleanly is
+// judged only once the engine kept answering for a while.
+func TestCleanExitBeforeTheEngineGoes(t *testing.T) {
+	tests := []struct {
+		name     string
+		exitCode int
+		goes     bool // the engine goes away after stopping the container
+		want     Outcome
+		reason   string
+		minTime  time.Duration
+	}{
+		{name: "the engine goes away next", exitCode: 0, goes: true, want: Deployed},
+		{name: "SIGTERM and the engine goes away next", exitCode: 143, goes: true, want: Deployed},
+		{name: "the engine stays", exitCode: 0, want: RolledBack, reason: "container app-web-1 is exited (exit code 0)",
+			minTime: 10*time.Second + engineStopWindow},
+		{name: "an unclean exit is judged at once", exitCode: 1, want: RolledBack, reason: "container app-web-1 is exited (exit code 1)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				w := newWorld()
+				w.addProject("app", digestA, behaveHealthy)
+				w.push("app", digestB, behaveNoHealthcheck)
+				h := newHarness(t, w, svc("app", true))
+				o := withOutage(w)
+				// The containers stop at 7s; the look at 10s sees them
+				// exited while the engine still answers; it goes at 11s.
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					time.Sleep(7 * time.Second)
+					w.mu.Lock()
+					for _, c := range w.containers["app"] {
+						c.stopped, c.exitCode = true, tt.exitCode
+					}
+					w.mu.Unlock()
+					if tt.goes {
+						time.Sleep(4 * time.Second)
+						o.down.Store(true)
+						time.Sleep(5 * time.Second)
+						o.down.Store(false)
+					}
+				}()
+				start := time.Now()
+				res := h.trigger(t, "app")
+				<-done
+				if res.Outcome != tt.want || !strings.Contains(res.Reason, tt.reason) {
+					t.Errorf("Trigger(app) = %+v, want %s with reason %q", res, tt.want, tt.reason)
+				}
+				if took := time.Since(start); took < tt.minTime {
+					t.Errorf("verdict after %v, want at least %v", took, tt.minTime)
+				}
+				if blocked := h.store.Get("app").Blocked != nil; blocked != (tt.want != Deployed) {
+					t.Errorf("blocked = %v after %s", blocked, tt.want)
+				}
+			})
+		})
+	}
+}
+
 // TestEngineAwayBound: an engine that stays away ends the deploy without a
 // verdict after the engine wait, with one critical alert that names the
 // engine; nothing is blocked; the deploy resumes once the engine answers.
@@ -723,6 +784,7 @@ func TestScope(t *testing.T) {
 				time.Sleep(10 * time.Second)
 				w.mu.Lock()
 				w.containers["app"][1].stopped = true
+				w.containers["app"][1].exitCode = 1
 				w.mu.Unlock()
 			}()
 			res := h.trigger(t, "app")

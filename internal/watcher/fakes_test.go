@@ -115,6 +115,7 @@ type fakeContainer struct {
 	imageID  string
 	created  time.Time
 	stopped  bool // exited, as after an engine restart without a restart policy
+	exitCode int  // once stopped
 }
 
 // world is a tiny Docker host and registry. Each compose project has a web
@@ -413,7 +414,7 @@ func (w *world) inspectContainer(ctx context.Context, id string) (docker.Contain
 					Labels: map[string]string{docker.LabelProject: project, docker.LabelService: c.service}}
 				w.images[c.imageID].behaviour.apply(&d, time.Since(c.created))
 				if c.stopped {
-					d.State = docker.ContainerState{Status: "exited", ExitCode: 255}
+					d.State = docker.ContainerState{Status: "exited", ExitCode: c.exitCode}
 				}
 				return d, nil
 			}
