@@ -28,6 +28,10 @@ const (
 	faultWrongDigest = "wrongdigest" // a well-formed Docker-Content-Digest that is not the manifest's
 	faultTruncated   = "truncated"   // no digest header on HEAD; GET answers half the manifest, consistently framed
 	faultSlow        = "slow"        // answers after slowDelay, longer than registry.timeout
+	// faultPullCut passes dockward's own requests (User-Agent dockward) and
+	// closes the engine's without an answer: the registry goes away
+	// between the check and the pull.
+	faultPullCut = "pullcut"
 )
 
 // slowDelay is how long faultSlow holds a request.
@@ -137,7 +141,11 @@ func (p *registryProxy) current() string {
 }
 
 func (p *registryProxy) serve(w http.ResponseWriter, r *http.Request) {
-	switch fault := p.current(); fault {
+	fault := p.current()
+	if fault == faultPullCut && !strings.HasPrefix(r.UserAgent(), "dockward") {
+		fault = faultCut
+	}
+	switch fault {
 	case faultCut:
 		conn, _, err := http.NewResponseController(w).Hijack()
 		if err == nil {

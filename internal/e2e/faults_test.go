@@ -76,15 +76,37 @@ func TestRegistryFaults(t *testing.T) {
 		t.Errorf("%d deploy or rollback notifications during the faults, want none", n)
 	}
 
+	// The registry answers dockward's check but goes away for the engine's
+	// pull: one alert with compose's output, the running version stays,
+	// and it is not taken for an engine outage.
+	proxy.set(faultPullCut)
+	s.waitFor(60*time.Second, "the failed pull to be alerted", func() (bool, string) {
+		return len(s.hooks.events("update_failed")) == 1, fmt.Sprintf("%+v", s.hooks.events("update_failed"))
+	})
+	if a := s.hooks.events("update_failed")[0]; a.Digest != v2 || !strings.Contains(a.Reason, "compose pull") || !strings.Contains(a.Reason, "Error response from daemon") {
+		t.Errorf("update_failed alert %+v, want digest %s and compose's output", a, v2)
+	}
+	s.waitPolls(3)
+	logs := s.proc.logs()
+	if n := countLines(logs, "docker engine unavailable"); n != 0 {
+		t.Errorf("%d lines take the registry's absence during the pull for an engine outage, want none", n)
+	}
+	if n, m := countLines(logs, "level=ERROR", "deploy not started"), countLines(logs, "level=INFO", "new digest; deploying"); n != 1 || m != 1 {
+		t.Errorf("%d errors and %d info lines for the failing pull over several polls, want 1 and 1", n, m)
+	}
+	if ok, detail := s.runs(v1); !ok {
+		t.Fatalf("after the failed pulls: %s", detail)
+	}
+
 	// Back: the digest pushed before the outage goes live.
 	proxy.set(faultNone)
 	s.waitFor(90*time.Second, "v2 to be deployed once the registry is back", func() (bool, string) { return s.runs(v2) })
-	logs := s.proc.logs()
+	logs = s.proc.logs()
 	if n := countLines(logs, "level=INFO", "registry poll works again", "after=bad_response"); n != 1 {
 		t.Errorf("%d lines of registry poll works again, want 1:\n%s", n, logs)
 	}
-	if n := countLines(logs, "level=ERROR"); n != 0 {
-		t.Errorf("%d error lines, want none (registry faults are warnings):\n%s", n, logs)
+	if n := countLines(logs, "level=ERROR"); n != 1 {
+		t.Errorf("%d error lines, want one (the failed pull; registry faults at the check are warnings):\n%s", n, logs)
 	}
 	s.stop()
 	if !strings.Contains(logs, "registry poll failed") {

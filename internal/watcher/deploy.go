@@ -213,7 +213,11 @@ func (e *notStartedError) Error() string { return e.step + ": " + e.err.Error() 
 // begin keeps the running image as :rollback and writes the first record.
 func (d *deployment) begin(ctx context.Context) error {
 	s := d.s
-	if len(d.rec.Services) == 0 {
+	if strings.HasPrefix(s.guard.lastPullError, d.rec.Digest+" ") {
+		// The last attempt at this digest failed before anything changed,
+		// and said so: a retry each poll is not news.
+		d.log.Debug("new digest; trying the deploy again", "digest", d.rec.Digest, "failed_at", strings.TrimPrefix(s.guard.lastPullError, d.rec.Digest+" "))
+	} else if len(d.rec.Services) == 0 {
 		d.log.Info("new digest; deploying the whole project: no container of the image runs yet to tell its compose services",
 			"image", s.ref.Local(), "digest", d.rec.Digest, "project", d.project().Name)
 	} else {
