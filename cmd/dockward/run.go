@@ -480,6 +480,11 @@ loop:
 			failure = fmt.Errorf("api server: %w", err)
 			break loop
 		case name := <-partStopped:
+			if ctx.Err() != nil {
+				// The stop ended it: the select may see the part return
+				// before it sees ctx done. A clean stop, not a failure.
+				break loop
+			}
 			logger.Error("stopped unexpectedly; exiting so that it is restarted", "part", name)
 			failure = fmt.Errorf("%s stopped unexpectedly", name)
 			break loop
