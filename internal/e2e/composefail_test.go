@@ -24,6 +24,8 @@ func TestComposeFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Runs before the scenario's cleanup, whose compose down needs the file.
+	t.Cleanup(func() { os.WriteFile(s.compose, good, 0o644) })
 
 	steps := []struct {
 		name   string
