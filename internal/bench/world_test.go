@@ -158,8 +158,12 @@ func (w *world) pushTags(repo string, n int, tag func(i int) string) {
 
 func (w *world) cleanup() {
 	out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=dockward.bench="+w.suffix).Output()
-	if ids := strings.Fields(string(out)); len(ids) > 0 {
-		exec.Command("docker", append([]string{"rm", "-f", "-v"}, ids...)...).Run()
+	// In batches: one `rm -f` of 300 containers once wedged the engine
+	// (docker.io 20.10 on fuse-overlayfs), its kills never returning.
+	for ids := strings.Fields(string(out)); len(ids) > 0; {
+		n := min(len(ids), 20)
+		exec.Command("docker", append([]string{"rm", "-f", "-v"}, ids[:n]...)...).Run()
+		ids = ids[n:]
 	}
 	out, _ = exec.Command("docker", "ps", "-aq", "--filter", "name=dwbench-"+w.suffix).Output()
 	if ids := strings.Fields(string(out)); len(ids) > 0 {

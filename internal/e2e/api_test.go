@@ -190,7 +190,14 @@ func (s *scenario) sibling(name string) *scenario {
 	c.dir = s.t.TempDir()
 	c.compose = filepath.Join(c.dir, "docker-compose.yml")
 	c.proc = nil
-	s.t.Cleanup(c.cleanup)
+	s.t.Cleanup(func() {
+		// The sibling's project is taken down once the dockward that
+		// watches it has stopped: before, its next poll deployed it again.
+		if s.proc != nil {
+			s.proc.stop(30 * time.Second)
+		}
+		c.cleanup()
+	})
 	return &c
 }
 
