@@ -59,7 +59,7 @@ unit: ## unit tests only (no Docker needed)
 e2e: deps ## end-to-end tests only
 	go test -count=1 -timeout 30m -parallel $(E2E_PARALLEL) -v ./internal/e2e
 
-fuzz: ## every fuzz target for FUZZTIME (default 4s) each
+fuzz: ## every fuzz target for FUZZTIME (default 20000x: inputs) each
 	.ci/fuzz
 
 BENCH_OUT ?= bench.json
