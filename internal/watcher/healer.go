@@ -59,25 +59,14 @@ const (
 const probeSettle = 2 * time.Second
 
 // abnormalProbe reports whether the latest health probe ended without the
-// health check's own verdict (exit code 1): it could not run, timed out or
-// was killed, or found the container's process gone.
+// health check's own verdict (exit code 1): it could not run (the engine
+// records -1 with its error, such as "cannot exec in a stopped state"),
+// timed out, or was killed.
 func abnormalProbe(h *docker.Health) bool {
 	if h == nil || len(h.Log) == 0 {
 		return false
 	}
-	last := h.Log[len(h.Log)-1]
-	return last.ExitCode != 1 || processGone(last.Output)
-}
-
-// processGone reports whether a health probe failed because the
-// container's process had already exited, in the engine's words.
-func processGone(output string) bool {
-	for _, s := range []string{"cannot exec in a stopped state", "is not running"} {
-		if strings.Contains(output, s) {
-			return true
-		}
-	}
-	return false
+	return h.Log[len(h.Log)-1].ExitCode != 1
 }
 
 // deferProbe reports whether healing container id should wait for one

@@ -185,19 +185,3 @@ func TestAbnormalProbe(t *testing.T) {
 		}
 	}
 }
-
-func TestProcessGone(t *testing.T) {
-	for _, tc := range []struct {
-		output string
-		want   bool
-	}{
-		{"cannot exec in a stopped state: unknown", true},
-		{"Container 4f1c2 is not running", true},
-		{"GET /healthz: 500 Internal Server Error", false},
-		{"", false},
-	} {
-		if got := processGone(tc.output); got != tc.want {
-			t.Errorf("processGone(%q) = %v, want %v", tc.output, got, tc.want)
-		}
-	}
-}
