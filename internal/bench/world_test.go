@@ -70,7 +70,7 @@ func (w *world) push(repo, mode string, healthcheck bool) string {
 	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(df), 0o644); err != nil {
 		w.t.Fatal(err)
 	}
-	run(w.t, "docker", "build", "-q", "-t", w.ref(repo, "latest"), dir)
+	run(w.t, "docker", "build", "-q", "--no-cache", "-t", w.ref(repo, "latest"), dir) // see e2e's push
 	out := run(w.t, "docker", "push", w.ref(repo, "latest"))
 	m := regexp.MustCompile(`digest: (sha256:[0-9a-f]{64})`).FindStringSubmatch(out)
 	if m == nil {

@@ -97,7 +97,7 @@ func (s *scenario) pushEntrypoint(entrypoint string) string {
 	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(dockerfile), 0o644); err != nil {
 		s.t.Fatal(err)
 	}
-	s.docker("build", "-q", "-t", s.ref("latest"), dir)
+	s.docker("build", "-q", "--no-cache", "-t", s.ref("latest"), dir) // see push
 	out := s.docker("push", s.ref("latest"))
 	m := regexp.MustCompile(`digest: (sha256:[0-9a-f]{64})`).FindStringSubmatch(out)
 	if m == nil {

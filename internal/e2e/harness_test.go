@@ -181,7 +181,10 @@ func (s *scenario) push(img image) string {
 	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(dockerfile), 0o644); err != nil {
 		s.t.Fatal(err)
 	}
-	s.docker("build", "-q", "-t", s.ref("latest"), dir)
+	// --no-cache: the legacy builder's cache lookup walks every image built
+	// FROM scratch, and fails ("unable to find image") when another
+	// scenario's cleanup removes one of them meanwhile.
+	s.docker("build", "-q", "--no-cache", "-t", s.ref("latest"), dir)
 	out := runToolEnv(s.t, append(s.toolEnv(), s.dockerEnv...), "docker", "push", s.ref("latest"))
 	m := regexp.MustCompile(`digest: (sha256:[0-9a-f]{64})`).FindStringSubmatch(out)
 	if m == nil {
